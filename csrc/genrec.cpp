@@ -1,0 +1,21 @@
+// The one list of genrec ops: every schema lives here; kernels register per device in cpu/ and cuda/.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import genrec_ext._C` loads this library (and with it the registrations below); the module itself
+// is empty — the ops are reached through torch.ops.genrec.*.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "genrec_ext native ops", -1,
+                                nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(genrec, m) {
+  // Paper eq. (5): out[b, n] = weight @ concat(embedding[sid_tokens[b, n, 0..L-1]]) + bias.
+  // Tokens equal to pad_id contribute zeros; rows made only of pad_id are all-zero outputs.
+  m.def("token_merge(Tensor sid_tokens, Tensor embedding, Tensor weight, Tensor? bias, int pad_id) -> Tensor");
+  // Returns (grad_embedding, grad_weight, grad_bias); grad_bias is computed even when bias was None.
+  m.def(
+      "token_merge_backward(Tensor grad_out, Tensor sid_tokens, Tensor embedding, Tensor weight, int pad_id)"
+      " -> (Tensor, Tensor, Tensor)");
+}

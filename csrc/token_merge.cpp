@@ -1,0 +1,169 @@
+// Shared (device-agnostic) half of genrec::token_merge: argument checks, strategy, GEMMs, reductions.
+#include "token_merge.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace genrec {
+namespace {
+
+at::ScalarType accumulation_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// [R] bool: rows that hold at least one real (non-pad) token.
+at::Tensor live_rows(const at::Tensor& tokens, int64_t pad_id) { return tokens.ne(pad_id).any(1); }
+
+// W [d_out, L*d] -> [L, d_out, d] in dtype `t`: one slice W_l per SID level.
+at::Tensor weight_by_level(const at::Tensor& weight, const TokenMergeSizes& s, at::ScalarType t) {
+  return weight.to(t).view({s.out_dim, s.levels, s.dim}).permute({1, 0, 2});
+}
+
+int64_t chunk_rows(const TokenMergeKernels& k, const TokenMergeSizes& s, at::ScalarType t) {
+  const int64_t row_bytes = s.levels * s.dim * static_cast<int64_t>(c10::elementSize(t));
+  return std::clamp<int64_t>(k.chunk_bytes / std::max<int64_t>(row_bytes, 1), 256, std::max<int64_t>(s.rows, 1));
+}
+
+}  // namespace
+
+TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::Tensor& embedding,
+                                       const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK(sid_tokens.scalar_type() == at::kLong, "token_merge: sid_tokens must be int64, got ",
+              sid_tokens.scalar_type());
+  TORCH_CHECK(sid_tokens.dim() == 3, "token_merge: sid_tokens must be [B, N, L], got shape ", sid_tokens.sizes());
+  TORCH_CHECK(sid_tokens.size(2) >= 1, "token_merge: sid_tokens must have L >= 1 levels, got shape ",
+              sid_tokens.sizes());
+  const auto dtype = embedding.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kDouble,
+              "token_merge: embedding must be float32, bfloat16 or float64, got ", dtype);
+  TORCH_CHECK(embedding.dim() == 2, "token_merge: embedding must be [V, d], got shape ", embedding.sizes());
+  TORCH_CHECK(weight.scalar_type() == dtype, "token_merge: weight dtype ", weight.scalar_type(),
+              " differs from embedding dtype ", dtype);
+  TokenMergeSizes s{sid_tokens.size(0) * sid_tokens.size(1), sid_tokens.size(2), embedding.size(1), 0,
+                    embedding.size(0)};
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == s.levels * s.dim,
+              "token_merge: weight must be [d_out, L*d] = [d_out, ", s.levels * s.dim, "] (L=", s.levels,
+              ", d=", s.dim, "), got shape ", weight.sizes());
+  s.out_dim = weight.size(0);
+  TORCH_CHECK(sid_tokens.device() == embedding.device() && weight.device() == embedding.device(),
+              "token_merge: sid_tokens (", sid_tokens.device(), "), embedding (", embedding.device(),
+              ") and weight (", weight.device(), ") must be on one device");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == dtype, "token_merge: bias dtype ", bias->scalar_type(),
+                " differs from embedding dtype ", dtype);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == s.out_dim, "token_merge: bias must be [d_out] = [",
+                s.out_dim, "], got shape ", bias->sizes());
+    TORCH_CHECK(bias->device() == embedding.device(), "token_merge: bias is on ", bias->device(),
+                " but embedding is on ", embedding.device());
+  }
+  return s;
+}
+
+at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid_tokens,
+                               const at::Tensor& embedding_in, const at::Tensor& weight_in,
+                               const std::optional<at::Tensor>& bias_in, int64_t pad_id) {
+  const TokenMergeSizes s = check_token_merge_args(sid_tokens, embedding_in, weight_in, bias_in);
+  const auto dtype = embedding_in.scalar_type();
+  auto out = at::empty({sid_tokens.size(0), sid_tokens.size(1), s.out_dim}, embedding_in.options());
+  if (s.rows == 0) return out;
+  const auto tokens = sid_tokens.reshape({s.rows, s.levels}).contiguous();
+  k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes());
+  const auto embedding = embedding_in.contiguous();
+  std::optional<at::Tensor> bias;
+  if (bias_in.has_value()) bias = bias_in->contiguous();
+  auto out2d = out.view({s.rows, s.out_dim});
+  const auto acc = accumulation_dtype(dtype);
+
+  if (use_projected_table(s)) {
+    // P[l] = E @ W_l^T, kept in the accumulation dtype so bf16 rounds once, at the end.
+    const auto table = at::matmul(embedding.to(acc), weight_by_level(weight_in, s, acc).transpose(1, 2))
+                           .contiguous();  // [L, V, d_out]
+    k.table_sum(table, tokens, bias, pad_id, out2d);
+    return out;
+  }
+
+  const auto gemm_t = k.gemm_in_accumulation_dtype ? acc : dtype;
+  const auto weight_t = weight_in.to(gemm_t).t();  // [L*d, d_out]
+  const auto bias_t = bias.has_value() ? bias->to(gemm_t) : at::zeros({s.out_dim}, out.options().dtype(gemm_t));
+  const auto live = live_rows(tokens, pad_id);
+  const int64_t step = chunk_rows(k, s, gemm_t);
+  auto x = at::empty({std::min(step, s.rows), s.levels * s.dim}, embedding.options().dtype(gemm_t));
+  for (int64_t r0 = 0; r0 < s.rows; r0 += step) {
+    const int64_t n = std::min(step, s.rows - r0);
+    auto xc = x.narrow(0, 0, n);
+    auto oc = out2d.narrow(0, r0, n);
+    k.gather_concat(embedding, tokens.narrow(0, r0, n), pad_id, xc);
+    if (gemm_t == dtype) {
+      at::addmm_out(oc, bias_t, xc, weight_t);
+    } else {
+      oc.copy_(at::addmm(bias_t, xc, weight_t));
+    }
+  }
+  out2d.masked_fill_(live.logical_not().unsqueeze(1), 0);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> token_merge_backward(
+    const TokenMergeKernels& k, const at::Tensor& grad_out_in, const at::Tensor& sid_tokens,
+    const at::Tensor& embedding_in, const at::Tensor& weight_in, int64_t pad_id) {
+  const TokenMergeSizes s = check_token_merge_args(sid_tokens, embedding_in, weight_in, std::nullopt);
+  const auto dtype = embedding_in.scalar_type();
+  TORCH_CHECK(grad_out_in.scalar_type() == dtype, "token_merge_backward: grad_out dtype ",
+              grad_out_in.scalar_type(), " differs from embedding dtype ", dtype);
+  TORCH_CHECK(grad_out_in.dim() == 3 && grad_out_in.size(0) == sid_tokens.size(0) &&
+                  grad_out_in.size(1) == sid_tokens.size(1) && grad_out_in.size(2) == s.out_dim,
+              "token_merge_backward: grad_out must be [B, N, d_out] = [", sid_tokens.size(0), ", ",
+              sid_tokens.size(1), ", ", s.out_dim, "], got shape ", grad_out_in.sizes());
+  TORCH_CHECK(grad_out_in.device() == embedding_in.device(), "token_merge_backward: grad_out is on ",
+              grad_out_in.device(), " but embedding is on ", embedding_in.device());
+  const auto acc = accumulation_dtype(dtype);
+  const auto opts = embedding_in.options().dtype(acc);
+  if (s.rows == 0) {
+    const auto o = embedding_in.options();
+    return {at::zeros(embedding_in.sizes(), o), at::zeros(weight_in.sizes(), o), at::zeros({s.out_dim}, o)};
+  }
+  const auto tokens = sid_tokens.reshape({s.rows, s.levels}).contiguous();
+  k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes());
+  const auto grad_out = grad_out_in.reshape({s.rows, s.out_dim}).contiguous();
+  const auto embedding = embedding_in.contiguous();
+  const auto live = live_rows(tokens, pad_id);
+  const auto grad_bias = grad_out.to(acc).masked_fill(live.logical_not().unsqueeze(1), 0).sum(0);
+
+  at::Tensor grad_embedding, grad_weight;
+  if (use_projected_table(s)) {
+    auto grads = at::zeros({s.levels, s.vocab, s.out_dim}, opts);  // G_l[t] = sum of grad_out over t at level l
+    k.scatter_levels(grad_out, tokens, pad_id, grads);
+    // dE = sum_l G_l @ W_l, one GEMM over the stacked levels; dW_l = G_l^T @ E.
+    const auto w_levels = weight_by_level(weight_in, s, acc);  // [L, d_out, d]
+    grad_embedding = at::mm(grads.permute({1, 0, 2}).reshape({s.vocab, s.levels * s.out_dim}),
+                            w_levels.reshape({s.levels * s.out_dim, s.dim}));
+    grad_weight = at::matmul(grads.transpose(1, 2), embedding.to(acc))  // [L, d_out, d]
+                      .permute({1, 0, 2})
+                      .reshape({s.out_dim, s.levels * s.dim});
+  } else {
+    const auto gemm_t = k.gemm_in_accumulation_dtype ? acc : dtype;
+    const auto weight_t = weight_in.to(gemm_t);  // [d_out, L*d]
+    grad_embedding = at::zeros({s.vocab, s.dim}, opts);
+    grad_weight = at::zeros({s.out_dim, s.levels * s.dim}, opts);
+    const int64_t step = chunk_rows(k, s, gemm_t);
+    auto x = at::empty({std::min(step, s.rows), s.levels * s.dim}, embedding.options().dtype(gemm_t));
+    for (int64_t r0 = 0; r0 < s.rows; r0 += step) {
+      const int64_t n = std::min(step, s.rows - r0);
+      const auto tc = tokens.narrow(0, r0, n);
+      const auto gc = grad_out.narrow(0, r0, n).to(gemm_t);
+      auto xc = x.narrow(0, 0, n);
+      // Pad tokens gather as zeros, so all-pad rows add nothing to dW without masking grad_out.
+      k.gather_concat(embedding, tc, pad_id, xc);
+      if (gemm_t == acc) {
+        grad_weight.addmm_(gc.t(), xc);
+      } else {
+        grad_weight.add_(at::mm(gc.t(), xc));
+      }
+      k.scatter_concat(at::mm(gc, weight_t), tc, pad_id, grad_embedding);
+    }
+  }
+  return {grad_embedding.to(dtype), grad_weight.to(dtype), grad_bias.to(dtype)};
+}
+
+}  // namespace genrec

@@ -1,0 +1,69 @@
+// genrec::token_merge — the Token Merger of paper eq. (5), shared between the CPU and CUDA backends.
+//
+// out[r] = W @ concat(E[t_r0], ..., E[t_r(L-1)]) + b  =  b + sum_l W_l @ E[t_rl]   (W_l = W[:, l*d:(l+1)*d])
+//
+// Two exact strategies, chosen from shapes alone (no host sync, same choice on every device):
+//  * projected table: P_l = E @ W_l^T for all V rows, then out[r] = b + sum_l P_l[t_rl]. Costs V*L*d*d_out
+//    FLOPs plus a gather-add, so it wins whenever V < R — the usual case, since a SID vocabulary is tiny
+//    (3 x 256 codes) next to a batch of history items. Backward scatters grad_out into G_l[t] and finishes
+//    with two small GEMMs.
+//  * gather-GEMM: concat the L embeddings of a chunk of rows straight into one buffer and run one GEMM,
+//    never materialising the L separate lookups and the cat of the eager version.
+// Tokens equal to pad_id contribute zeros and receive no gradient; a row made only of pad_id is all zero
+// (no bias) and contributes nothing to grad_bias.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <cstdint>
+
+namespace genrec {
+
+struct TokenMergeSizes {
+  int64_t rows;     // B * N
+  int64_t levels;   // L
+  int64_t dim;      // d
+  int64_t out_dim;  // d_out
+  int64_t vocab;    // V
+};
+
+// Validates dtypes, ranks, shapes and devices; errors name the argument and the offending value.
+TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::Tensor& embedding,
+                                       const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
+inline bool use_projected_table(const TokenMergeSizes& s) { return s.vocab < s.rows; }
+
+// The device-specific pieces; everything else (strategy, GEMMs, reductions) is shared ATen code.
+// All tensors are contiguous; tokens is int64 [R, L]; every kernel must never read out of bounds and,
+// where `checks` is set, report the first token outside [0, V) that is not pad_id.
+struct TokenMergeKernels {
+  // Token range check; throws naming sid_tokens[b, n, l] and its value.
+  void (*check_tokens)(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
+                       at::IntArrayRef token_shape);
+  // out[r] = (row r all pad) ? 0 : bias + sum_l P[l, tokens[r, l]]   (P: [L, V, d_out], accumulation dtype)
+  void (*table_sum)(const at::Tensor& table, const at::Tensor& tokens, const std::optional<at::Tensor>& bias,
+                    int64_t pad_id, at::Tensor& out);
+  // x[r, l*d:(l+1)*d] = tokens[r, l] == pad ? 0 : embedding[tokens[r, l]]   (x may differ in dtype)
+  void (*gather_concat)(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x);
+  // grads[l, tokens[r, l]] += grad_out[r] over non-pad tokens            (grads: [L, V, d_out], zeroed)
+  void (*scatter_levels)(const at::Tensor& grad_out, const at::Tensor& tokens, int64_t pad_id, at::Tensor& grads);
+  // grad_embedding[tokens[r, l]] += grad_x[r, l*d:(l+1)*d] over non-pad tokens
+  void (*scatter_concat)(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,
+                         at::Tensor& grad_embedding);
+  // GEMMs of the gather path run in the accumulation dtype (true: CPU, where bf16 GEMMs gain nothing)
+  // or in the input dtype with fp32 accumulation inside the GEMM (false: tensor cores).
+  bool gemm_in_accumulation_dtype;
+  // Rows per gather chunk are sized so one chunk's concat buffer stays about this big.
+  int64_t chunk_bytes;
+};
+
+at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid_tokens,
+                               const at::Tensor& embedding, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, int64_t pad_id);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> token_merge_backward(
+    const TokenMergeKernels& k, const at::Tensor& grad_out, const at::Tensor& sid_tokens,
+    const at::Tensor& embedding, const at::Tensor& weight, int64_t pad_id);
+
+}  // namespace genrec
