@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "token_merge.h"
+#include "token_merge_common.h"
 
 namespace genrec {
 namespace {
@@ -21,18 +21,9 @@ constexpr int64_t kColumnBlock = 16;
 void check_tokens_cpu(const at::Tensor& tokens, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
   const int64_t* t = tokens.const_data_ptr<int64_t>();
   const int64_t n = tokens.numel();
-  int64_t bad = -1;
   for (int64_t i = 0; i < n; ++i) {
-    if ((t[i] < 0 || t[i] >= vocab) && t[i] != pad_id) {
-      bad = i;
-      break;
-    }
+    if ((t[i] < 0 || t[i] >= vocab) && t[i] != pad_id) throw_bad_token(i, t[i], vocab, pad_id, shape);
   }
-  if (bad < 0) return;
-  const int64_t levels = shape[2], per_batch = shape[1] * levels;
-  TORCH_CHECK_INDEX(false, "token_merge: sid_tokens[", bad / per_batch, ", ", (bad % per_batch) / levels, ", ",
-                    bad % levels, "] = ", t[bad], " is outside [0, ", vocab, ") (the embedding's rows) and is not pad_id=",
-                    pad_id);
 }
 
 bool all_pad(const int64_t* row, int64_t levels, int64_t pad_id) {

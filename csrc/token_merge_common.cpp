@@ -1,5 +1,5 @@
 // Shared (device-agnostic) half of genrec::token_merge: argument checks, strategy, GEMMs, reductions.
-#include "token_merge.h"
+#include "token_merge_common.h"
 
 #include <ATen/ATen.h>
 
@@ -58,6 +58,13 @@ TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::T
                 " but embedding is on ", embedding.device());
   }
   return s;
+}
+
+void throw_bad_token(int64_t flat_index, int64_t value, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
+  const int64_t levels = shape[2], per_batch = shape[1] * levels;
+  TORCH_CHECK_INDEX(false, "token_merge: sid_tokens[", flat_index / per_batch, ", ", (flat_index % per_batch) / levels,
+                    ", ", flat_index % levels, "] = ", value, " is outside [0, ", vocab,
+                    ") (the embedding's rows) and is not pad_id=", pad_id);
 }
 
 at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid_tokens,

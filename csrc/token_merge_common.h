@@ -32,6 +32,10 @@ struct TokenMergeSizes {
 TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::Tensor& embedding,
                                        const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
+// Throws the error for the first bad token: `flat_index` into sid_tokens (of `token_shape`) and its value.
+[[noreturn]] void throw_bad_token(int64_t flat_index, int64_t value, int64_t vocab, int64_t pad_id,
+                                  at::IntArrayRef token_shape);
+
 inline bool use_projected_table(const TokenMergeSizes& s) { return s.vocab < s.rows; }
 
 // The device-specific pieces; everything else (strategy, GEMMs, reductions) is shared ATen code.

@@ -1,0 +1,99 @@
+// CUDA registration of genrec::token_merge: checks, device guard and stream around the launchers.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <limits>
+
+#include "cuda/token_merge.h"
+#include "token_merge_common.h"
+
+namespace genrec {
+namespace {
+
+cuda::DType dtype_tag(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    case at::kDouble: return cuda::DType::kFloat64;
+    default: TORCH_CHECK(false, "token_merge: no CUDA kernel for dtype ", t.scalar_type());
+  }
+}
+
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// Reporting a bad token needs its index on the host, i.e. one sync. It is skipped while a CUDA graph is
+// being captured and when GENREC_UNCHECKED_TOKENS=1; the kernels stay in bounds either way.
+void check_tokens_cuda(const at::Tensor& tokens, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
+  static const bool unchecked = [] {
+    const char* v = std::getenv("GENREC_UNCHECKED_TOKENS");
+    return v != nullptr && v[0] == '1';
+  }();
+  if (unchecked || c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return;
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  auto first_bad = at::full({1}, kNone, tokens.options());
+  C10_CUDA_CHECK(cuda::launch_find_bad_token(tokens.const_data_ptr<int64_t>(), tokens.numel(), vocab, pad_id,
+                                             reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>()),
+                                             stream()));
+  const int64_t bad = first_bad.item<int64_t>();
+  if (bad != kNone) throw_bad_token(bad, tokens.view(-1)[bad].item<int64_t>(), vocab, pad_id, shape);
+}
+
+void table_sum_cuda(const at::Tensor& table, const at::Tensor& tokens, const std::optional<at::Tensor>& bias,
+                    int64_t pad_id, at::Tensor& out) {
+  C10_CUDA_CHECK(cuda::launch_table_sum(dtype_tag(out), table.const_data_ptr(), tokens.const_data_ptr<int64_t>(),
+                                        bias.has_value() ? bias->const_data_ptr() : nullptr, pad_id, tokens.size(0),
+                                        tokens.size(1), table.size(1), table.size(2), out.mutable_data_ptr(), stream()));
+}
+
+void gather_concat_cuda(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x) {
+  C10_CUDA_CHECK(cuda::launch_gather_concat(dtype_tag(embedding), embedding.const_data_ptr(), dtype_tag(x),
+                                            tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
+                                            embedding.size(0), embedding.size(1), x.mutable_data_ptr(), stream()));
+}
+
+void scatter_levels_cuda(const at::Tensor& grad_out, const at::Tensor& tokens, int64_t pad_id, at::Tensor& grads) {
+  C10_CUDA_CHECK(cuda::launch_scatter_levels(dtype_tag(grad_out), grad_out.const_data_ptr(),
+                                             tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
+                                             grads.size(1), grads.size(2), grads.mutable_data_ptr(), stream()));
+}
+
+void scatter_concat_cuda(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,
+                         at::Tensor& grad_embedding) {
+  C10_CUDA_CHECK(cuda::launch_scatter_concat(dtype_tag(grad_x), grad_x.const_data_ptr(),
+                                             tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
+                                             grad_embedding.size(0), grad_embedding.size(1),
+                                             grad_embedding.mutable_data_ptr(), stream()));
+}
+
+const TokenMergeKernels kCudaKernels{
+    check_tokens_cuda, table_sum_cuda, gather_concat_cuda, scatter_levels_cuda, scatter_concat_cuda,
+    /*gemm_in_accumulation_dtype=*/false,  // bf16 GEMMs on tensor cores, fp32 accumulation inside
+    /*chunk_bytes=*/int64_t{1} << 30,
+};
+
+at::Tensor token_merge_cuda(const at::Tensor& sid_tokens, const at::Tensor& embedding, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, int64_t pad_id) {
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  return token_merge_forward(kCudaKernels, sid_tokens, embedding, weight, bias, pad_id);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> token_merge_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& sid_tokens, const at::Tensor& embedding, const at::Tensor& weight,
+    int64_t pad_id) {
+  const c10::cuda::CUDAGuard guard(embedding.device());
+  return token_merge_backward(kCudaKernels, grad_out, sid_tokens, embedding, weight, pad_id);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genrec, CUDA, m) {
+  m.impl("token_merge", &token_merge_cuda);
+  m.impl("token_merge_backward", &token_merge_backward_cuda);
+}
+
+}  // namespace genrec
