@@ -20,6 +20,36 @@ at::Tensor weight_by_level(const at::Tensor& weight, const TokenMergeSizes& s, a
   return weight.to(t).view({s.out_dim, s.levels, s.dim}).permute({1, 0, 2});
 }
 
+// Where each level's slice of the projected table starts: table row = level_base[l] + token.
+struct TablePlan {
+  std::vector<LevelRange> ranges;
+  std::vector<int64_t> offset;  // first table row of level l
+  int64_t rows = 0;             // S
+  at::Tensor level_base;        // int64 [L] on the op's device: offset[l] - ranges[l].lo
+};
+
+TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, const at::Tensor& tokens) {
+  TablePlan p;
+  p.ranges = std::move(ranges);
+  bool full = true;
+  for (const auto& r : p.ranges) {
+    p.offset.push_back(p.rows);
+    p.rows += r.hi - r.lo;
+    full = full && r.lo == 0 && r.hi == s.vocab;
+  }
+  if (full) {  // built on the device: no host-to-device copy (keeps CUDA-graph capture legal)
+    p.level_base = at::arange(s.levels, tokens.options()).mul_(s.vocab);
+  } else {
+    std::vector<int64_t> base;
+    for (int64_t l = 0; l < s.levels; ++l) base.push_back(p.offset[l] - p.ranges[l].lo);
+    p.level_base = at::tensor(base, at::kLong).to(tokens.device());
+  }
+  return p;
+}
+
+// The table beats the direct GEMM when the levels' spans hold fewer rows than the R * L lookups.
+bool use_projected_table(const TablePlan& p, const TokenMergeSizes& s) { return p.rows < s.rows * s.levels; }
+
 int64_t chunk_rows(const TokenMergeKernels& k, const TokenMergeSizes& s, at::ScalarType t) {
   const int64_t row_bytes = s.levels * s.dim * static_cast<int64_t>(c10::elementSize(t));
   return std::clamp<int64_t>(k.chunk_bytes / std::max<int64_t>(row_bytes, 1), 256, std::max<int64_t>(s.rows, 1));
@@ -75,18 +105,24 @@ at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid
   auto out = at::empty({sid_tokens.size(0), sid_tokens.size(1), s.out_dim}, embedding_in.options());
   if (s.rows == 0) return out;
   const auto tokens = sid_tokens.reshape({s.rows, s.levels}).contiguous();
-  k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes());
+  const auto plan = plan_table(k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes()), s, tokens);
   const auto embedding = embedding_in.contiguous();
   std::optional<at::Tensor> bias;
   if (bias_in.has_value()) bias = bias_in->contiguous();
   auto out2d = out.view({s.rows, s.out_dim});
   const auto acc = accumulation_dtype(dtype);
 
-  if (use_projected_table(s)) {
-    // P[l] = E @ W_l^T, kept in the accumulation dtype so bf16 rounds once, at the end.
-    const auto table = at::matmul(embedding.to(acc), weight_by_level(weight_in, s, acc).transpose(1, 2))
-                           .contiguous();  // [L, V, d_out]
-    k.table_sum(table, tokens, bias, pad_id, out2d);
+  if (use_projected_table(plan, s)) {
+    // P_l = E[lo_l:hi_l] @ W_l^T, kept in the accumulation dtype so bf16 rounds once, at the end.
+    const auto w_levels = weight_by_level(weight_in, s, acc);  // [L, d_out, d]
+    auto table = at::empty({plan.rows, s.out_dim}, out.options().dtype(acc));
+    for (int64_t l = 0; l < s.levels; ++l) {
+      const auto [lo, hi] = plan.ranges[l];
+      if (hi == lo) continue;
+      auto slice = table.narrow(0, plan.offset[l], hi - lo);
+      at::mm_out(slice, embedding.narrow(0, lo, hi - lo).to(acc), w_levels[l].t());
+    }
+    k.table_sum(table, plan.level_base, tokens, bias, pad_id, out2d);
     return out;
   }
 
@@ -131,28 +167,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_merge_backward(
     return {at::zeros(embedding_in.sizes(), o), at::zeros(weight_in.sizes(), o), at::zeros({s.out_dim}, o)};
   }
   const auto tokens = sid_tokens.reshape({s.rows, s.levels}).contiguous();
-  k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes());
+  const auto plan = plan_table(k.check_tokens(tokens, s.vocab, pad_id, sid_tokens.sizes()), s, tokens);
   const auto grad_out = grad_out_in.reshape({s.rows, s.out_dim}).contiguous();
   const auto embedding = embedding_in.contiguous();
   const auto live = live_rows(tokens, pad_id);
   const auto grad_bias = grad_out.to(acc).masked_fill(live.logical_not().unsqueeze(1), 0).sum(0);
 
-  at::Tensor grad_embedding, grad_weight;
-  if (use_projected_table(s)) {
-    auto grads = at::zeros({s.levels, s.vocab, s.out_dim}, opts);  // G_l[t] = sum of grad_out over t at level l
-    k.scatter_levels(grad_out, tokens, pad_id, grads);
-    // dE = sum_l G_l @ W_l, one GEMM over the stacked levels; dW_l = G_l^T @ E.
+  auto grad_embedding = at::zeros({s.vocab, s.dim}, opts);
+  auto grad_weight = at::zeros({s.out_dim, s.levels * s.dim}, opts);
+  if (use_projected_table(plan, s)) {
+    auto grads = at::zeros({plan.rows, s.out_dim}, opts);  // G_l[t] = sum of grad_out over t at level l
+    k.scatter_levels(grad_out, tokens, plan.level_base, pad_id, grads);
+    // dE[lo_l:hi_l] += G_l @ W_l and dW_l = G_l^T @ E[lo_l:hi_l], level by level (spans may overlap).
     const auto w_levels = weight_by_level(weight_in, s, acc);  // [L, d_out, d]
-    grad_embedding = at::mm(grads.permute({1, 0, 2}).reshape({s.vocab, s.levels * s.out_dim}),
-                            w_levels.reshape({s.levels * s.out_dim, s.dim}));
-    grad_weight = at::matmul(grads.transpose(1, 2), embedding.to(acc))  // [L, d_out, d]
-                      .permute({1, 0, 2})
-                      .reshape({s.out_dim, s.levels * s.dim});
+    for (int64_t l = 0; l < s.levels; ++l) {
+      const auto [lo, hi] = plan.ranges[l];
+      if (hi == lo) continue;
+      const auto g_level = grads.narrow(0, plan.offset[l], hi - lo);
+      grad_embedding.narrow(0, lo, hi - lo).addmm_(g_level, w_levels[l]);
+      grad_weight.narrow(1, l * s.dim, s.dim).copy_(at::mm(g_level.t(), embedding.narrow(0, lo, hi - lo).to(acc)));
+    }
   } else {
     const auto gemm_t = k.gemm_in_accumulation_dtype ? acc : dtype;
     const auto weight_t = weight_in.to(gemm_t);  // [d_out, L*d]
-    grad_embedding = at::zeros({s.vocab, s.dim}, opts);
-    grad_weight = at::zeros({s.out_dim, s.levels * s.dim}, opts);
     const int64_t step = chunk_rows(k, s, gemm_t);
     auto x = at::empty({std::min(step, s.rows), s.levels * s.dim}, embedding.options().dtype(gemm_t));
     for (int64_t r0 = 0; r0 < s.rows; r0 += step) {

@@ -3,10 +3,12 @@
 // out[r] = W @ concat(E[t_r0], ..., E[t_r(L-1)]) + b  =  b + sum_l W_l @ E[t_rl]   (W_l = W[:, l*d:(l+1)*d])
 //
 // Two exact strategies, chosen from shapes alone (no host sync, same choice on every device):
-//  * projected table: P_l = E @ W_l^T for all V rows, then out[r] = b + sum_l P_l[t_rl]. Costs V*L*d*d_out
-//    FLOPs plus a gather-add, so it wins whenever V < R — the usual case, since a SID vocabulary is tiny
-//    (3 x 256 codes) next to a batch of history items. Backward scatters grad_out into G_l[t] and finishes
-//    with two small GEMMs.
+//  * projected table: P_l = E[lo_l:hi_l] @ W_l^T over the rows level l's tokens span, then
+//    out[r] = b + sum_l P_l[t_rl - lo_l]. Costs sum_l (hi_l - lo_l) * d * d_out FLOPs plus a gather-add, so it
+//    wins whenever the spans hold fewer rows than the R * L lookups — the usual case: a level's SID tokens
+//    are one block of K codes (256), in a SID-only vocabulary or at the end of an extended LLM vocabulary,
+//    next to a batch of thousands of history items. Backward scatters grad_out into G_l[t] and finishes
+//    with small GEMMs.
 //  * gather-GEMM: concat the L embeddings of a chunk of rows straight into one buffer and run one GEMM,
 //    never materialising the L separate lookups and the cat of the eager version.
 // Tokens equal to pad_id contribute zeros and receive no gradient; a row made only of pad_id is all zero
@@ -17,6 +19,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace genrec {
 
@@ -36,22 +39,29 @@ TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::T
 [[noreturn]] void throw_bad_token(int64_t flat_index, int64_t value, int64_t vocab, int64_t pad_id,
                                   at::IntArrayRef token_shape);
 
-inline bool use_projected_table(const TokenMergeSizes& s) { return s.vocab < s.rows; }
+// Embedding rows [lo, hi) that one level's tokens use (pads excluded; lo == hi when a level is all pad).
+struct LevelRange {
+  int64_t lo;
+  int64_t hi;
+};
 
 // The device-specific pieces; everything else (strategy, GEMMs, reductions) is shared ATen code.
 // All tensors are contiguous; tokens is int64 [R, L]; every kernel must never read out of bounds and,
 // where `checks` is set, report the first token outside [0, V) that is not pad_id.
 struct TokenMergeKernels {
-  // Token range check; throws naming sid_tokens[b, n, l] and its value.
-  void (*check_tokens)(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
-                       at::IntArrayRef token_shape);
-  // out[r] = (row r all pad) ? 0 : bias + sum_l P[l, tokens[r, l]]   (P: [L, V, d_out], accumulation dtype)
-  void (*table_sum)(const at::Tensor& table, const at::Tensor& tokens, const std::optional<at::Tensor>& bias,
-                    int64_t pad_id, at::Tensor& out);
+  // Token range check (throws naming sid_tokens[b, n, l] and its value) that also returns each level's
+  // LevelRange; a backend that cannot afford to measure them (CUDA: a host sync) returns [0, V) for all.
+  std::vector<LevelRange> (*check_tokens)(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
+                                          at::IntArrayRef token_shape);
+  // out[r] = (row r all pad) ? 0 : bias + sum_l table[level_base[l] + tokens[r, l]]
+  // (table: [S, d_out] in the accumulation dtype; level_base: int64 [L] on the tensors' device)
+  void (*table_sum)(const at::Tensor& table, const at::Tensor& level_base, const at::Tensor& tokens,
+                    const std::optional<at::Tensor>& bias, int64_t pad_id, at::Tensor& out);
   // x[r, l*d:(l+1)*d] = tokens[r, l] == pad ? 0 : embedding[tokens[r, l]]   (x may differ in dtype)
   void (*gather_concat)(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x);
-  // grads[l, tokens[r, l]] += grad_out[r] over non-pad tokens            (grads: [L, V, d_out], zeroed)
-  void (*scatter_levels)(const at::Tensor& grad_out, const at::Tensor& tokens, int64_t pad_id, at::Tensor& grads);
+  // grads[level_base[l] + tokens[r, l]] += grad_out[r] over non-pad tokens   (grads: [S, d_out], zeroed)
+  void (*scatter_levels)(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_base,
+                         int64_t pad_id, at::Tensor& grads);
   // grad_embedding[tokens[r, l]] += grad_x[r, l*d:(l+1)*d] over non-pad tokens
   void (*scatter_concat)(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,
                          at::Tensor& grad_embedding);

@@ -18,12 +18,24 @@ namespace {
 // Columns per backward task: one 64-byte cache line of fp32.
 constexpr int64_t kColumnBlock = 16;
 
-void check_tokens_cpu(const at::Tensor& tokens, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
+std::vector<LevelRange> check_tokens_cpu(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
+                                         at::IntArrayRef shape) {
   const int64_t* t = tokens.const_data_ptr<int64_t>();
-  const int64_t n = tokens.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    if ((t[i] < 0 || t[i] >= vocab) && t[i] != pad_id) throw_bad_token(i, t[i], vocab, pad_id, shape);
+  const int64_t rows = tokens.size(0), levels = tokens.size(1);
+  std::vector<LevelRange> ranges(levels, LevelRange{vocab, 0});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t l = 0; l < levels; ++l) {
+      const int64_t v = t[r * levels + l];
+      if (v == pad_id) continue;
+      if (v < 0 || v >= vocab) throw_bad_token(r * levels + l, v, vocab, pad_id, shape);
+      ranges[l].lo = std::min(ranges[l].lo, v);
+      ranges[l].hi = std::max(ranges[l].hi, v + 1);
+    }
   }
+  for (auto& range : ranges) {
+    if (range.hi <= range.lo) range = LevelRange{0, 0};
+  }
+  return ranges;
 }
 
 bool all_pad(const int64_t* row, int64_t levels, int64_t pad_id) {
@@ -32,10 +44,11 @@ bool all_pad(const int64_t* row, int64_t levels, int64_t pad_id) {
   return true;
 }
 
-void table_sum_cpu(const at::Tensor& table, const at::Tensor& tokens, const std::optional<at::Tensor>& bias,
-                   int64_t pad_id, at::Tensor& out) {
-  const int64_t rows = tokens.size(0), levels = tokens.size(1), vocab = table.size(1), d_out = table.size(2);
+void table_sum_cpu(const at::Tensor& table, const at::Tensor& level_base, const at::Tensor& tokens,
+                   const std::optional<at::Tensor>& bias, int64_t pad_id, at::Tensor& out) {
+  const int64_t rows = tokens.size(0), levels = tokens.size(1), d_out = table.size(1);
   const int64_t* tok = tokens.const_data_ptr<int64_t>();
+  const int64_t* base = level_base.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "token_merge_table_sum", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* P = table.const_data_ptr<acc_t>();
@@ -58,7 +71,7 @@ void table_sum_cpu(const at::Tensor& table, const at::Tensor& tokens, const std:
         }
         for (int64_t l = 0; l < levels; ++l) {
           if (t[l] == pad_id) continue;
-          const acc_t* p = P + (l * vocab + t[l]) * d_out;
+          const acc_t* p = P + (base[l] + t[l]) * d_out;
           for (int64_t c = 0; c < d_out; ++c) a[c] += p[c];
         }
         for (int64_t c = 0; c < d_out; ++c) dst[c] = static_cast<scalar_t>(a[c]);
@@ -93,15 +106,17 @@ void gather_concat_cpu(const at::Tensor& embedding, const at::Tensor& tokens, in
   });
 }
 
-void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, int64_t pad_id, at::Tensor& grads) {
-  const int64_t rows = tokens.size(0), levels = tokens.size(1), vocab = grads.size(1), d_out = grads.size(2);
+void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_base,
+                        int64_t pad_id, at::Tensor& grads) {
+  const int64_t rows = tokens.size(0), levels = tokens.size(1), d_out = grads.size(1);
   const int64_t* tok = tokens.const_data_ptr<int64_t>();
+  const int64_t* base = level_base.const_data_ptr<int64_t>();
   const int64_t blocks = (d_out + kColumnBlock - 1) / kColumnBlock;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_out.scalar_type(), "token_merge_scatter_levels", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
     acc_t* G = grads.mutable_data_ptr<acc_t>();
-    // Task = (level, column block): it owns G[l, :, block], so no two tasks write one element.
+    // Task = (level, column block): levels own disjoint table rows, so no two tasks write one element.
     at::parallel_for(0, levels * blocks, 1, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t l = i / blocks, c0 = (i % blocks) * kColumnBlock, c1 = std::min(c0 + kColumnBlock, d_out);
@@ -109,7 +124,7 @@ void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, in
           const int64_t t = tok[r * levels + l];
           if (t == pad_id) continue;
           const scalar_t* src = g + r * d_out;
-          acc_t* dst = G + (l * vocab + t) * d_out;
+          acc_t* dst = G + (base[l] + t) * d_out;
           for (int64_t c = c0; c < c1; ++c) dst[c] += static_cast<acc_t>(src[c]);
         }
       }

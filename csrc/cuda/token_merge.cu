@@ -42,7 +42,8 @@ __global__ void find_bad_token_kernel(const int64_t* __restrict__ tokens, int64_
 }
 
 template <typename T>
-__global__ void table_sum_kernel(const typename Acc<T>::type* __restrict__ table, const int64_t* __restrict__ tokens,
+__global__ void table_sum_kernel(const typename Acc<T>::type* __restrict__ table,
+                                 const int64_t* __restrict__ level_base, const int64_t* __restrict__ tokens,
                                  const T* __restrict__ bias, int64_t pad, int64_t rows, int64_t levels,
                                  int64_t vocab, int64_t out_dim, T* __restrict__ out) {
   using A = typename Acc<T>::type;
@@ -59,7 +60,7 @@ __global__ void table_sum_kernel(const typename Acc<T>::type* __restrict__ table
       for (int64_t l = 0; l < levels; ++l) {
         const int64_t t = tok[l];
         if (t == pad) continue;
-        a += in_range(t, vocab) ? table[(l * vocab + t) * out_dim + c] : quiet_nan<A>();
+        a += in_range(t, vocab) ? table[(level_base[l] + t) * out_dim + c] : quiet_nan<A>();
       }
     }
     dst[c] = from_acc<T>(a);
@@ -83,7 +84,8 @@ __global__ void gather_concat_kernel(const S* __restrict__ embedding, const int6
 }
 
 template <typename G>
-__global__ void scatter_levels_kernel(const G* __restrict__ grad_out, const int64_t* __restrict__ tokens, int64_t pad,
+__global__ void scatter_levels_kernel(const G* __restrict__ grad_out, const int64_t* __restrict__ tokens,
+                                      const int64_t* __restrict__ level_base, int64_t pad,
                                       int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim,
                                       typename Acc<G>::type* __restrict__ grads) {
   using A = typename Acc<G>::type;
@@ -93,7 +95,7 @@ __global__ void scatter_levels_kernel(const G* __restrict__ grad_out, const int6
   for (int64_t l = 0; l < levels; ++l) {
     const int64_t t = tokens[row * levels + l];
     if (t == pad || !in_range(t, vocab)) continue;
-    A* dst = grads + (l * vocab + t) * out_dim;
+    A* dst = grads + (level_base[l] + t) * out_dim;
     for (int64_t c = threadIdx.x; c < out_dim; c += kLanes) atomicAdd(dst + c, to_acc<A>(src[c]));
   }
 }
@@ -131,15 +133,15 @@ cudaError_t launch_find_bad_token(const int64_t* tokens, int64_t count, int64_t 
   return cudaGetLastError();
 }
 
-cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* tokens, const void* bias, int64_t pad,
-                             int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim, void* out,
-                             cudaStream_t stream) {
+cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* level_base, const int64_t* tokens,
+                             const void* bias, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
+                             int64_t out_dim, void* out, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   return dispatch(out_type, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<T>::type;
     table_sum_kernel<T><<<row_grid(rows), kRowBlock, 0, stream>>>(
-        static_cast<const A*>(table), tokens, static_cast<const T*>(bias), pad, rows, levels, vocab, out_dim,
+        static_cast<const A*>(table), level_base, tokens, static_cast<const T*>(bias), pad, rows, levels, vocab, out_dim,
         static_cast<T*>(out));
     return cudaGetLastError();
   });
@@ -161,15 +163,16 @@ cudaError_t launch_gather_concat(DType embedding_type, const void* embedding, DT
   });
 }
 
-cudaError_t launch_scatter_levels(DType grad_type, const void* grad_out, const int64_t* tokens, int64_t pad,
-                                  int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim, void* grads,
-                                  cudaStream_t stream) {
+cudaError_t launch_scatter_levels(DType grad_type, const void* grad_out, const int64_t* tokens,
+                                  const int64_t* level_base, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
+                                  int64_t out_dim, void* grads, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   return dispatch(grad_type, [&](auto* tag) {
     using G = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<G>::type;
     scatter_levels_kernel<G><<<row_grid(rows), kRowBlock, 0, stream>>>(
-        static_cast<const G*>(grad_out), tokens, pad, rows, levels, vocab, out_dim, static_cast<A*>(grads));
+        static_cast<const G*>(grad_out), tokens, level_base, pad, rows, levels, vocab, out_dim,
+        static_cast<A*>(grads));
     return cudaGetLastError();
   });
 }

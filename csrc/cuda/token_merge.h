@@ -17,20 +17,21 @@ namespace genrec::cuda {
 cudaError_t launch_find_bad_token(const int64_t* tokens, int64_t count, int64_t vocab, int64_t pad,
                                   unsigned long long* first_bad, cudaStream_t stream);
 
-// out[r] = all-pad(r) ? 0 : bias + sum_l table[l, tokens[r, l]]; bias may be null (same dtype as out).
-cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* tokens, const void* bias,
-                             int64_t pad, int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim,
-                             void* out, cudaStream_t stream);
+// out[r] = all-pad(r) ? 0 : bias + sum_l table[level_base[l] + tokens[r, l]]; bias may be null (same dtype
+// as out); level_base is a device array of `levels` entries.
+cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* level_base, const int64_t* tokens,
+                             const void* bias, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
+                             int64_t out_dim, void* out, cudaStream_t stream);
 
 // x[r, l*dim:(l+1)*dim] = tokens[r, l] == pad ? 0 : embedding[tokens[r, l]], converted to x_type.
 cudaError_t launch_gather_concat(DType embedding_type, const void* embedding, DType x_type, const int64_t* tokens,
                                  int64_t pad, int64_t rows, int64_t levels, int64_t vocab, int64_t dim, void* x,
                                  cudaStream_t stream);
 
-// grads[l, tokens[r, l]] += grad_out[r] (atomic, so the summation order varies run to run).
-cudaError_t launch_scatter_levels(DType grad_type, const void* grad_out, const int64_t* tokens, int64_t pad,
-                                  int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim, void* grads,
-                                  cudaStream_t stream);
+// grads[level_base[l] + tokens[r, l]] += grad_out[r] (atomic, so the summation order varies run to run).
+cudaError_t launch_scatter_levels(DType grad_type, const void* grad_out, const int64_t* tokens,
+                                  const int64_t* level_base, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
+                                  int64_t out_dim, void* grads, cudaStream_t stream);
 
 // grad_embedding[tokens[r, l]] += grad_x[r, l*dim:(l+1)*dim] (atomic).
 cudaError_t launch_scatter_concat(DType grad_type, const void* grad_x, const int64_t* tokens, int64_t pad,

@@ -27,13 +27,16 @@ cuda::DType dtype_tag(const at::Tensor& t) {
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 // Reporting a bad token needs its index on the host, i.e. one sync. It is skipped while a CUDA graph is
-// being captured and when GENREC_UNCHECKED_TOKENS=1; the kernels stay in bounds either way.
-void check_tokens_cuda(const at::Tensor& tokens, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
+// being captured and when GENREC_UNCHECKED_TOKENS=1; the kernels stay in bounds either way. Level ranges
+// are not measured (that would need a sync even when unchecked): every level spans [0, V).
+std::vector<LevelRange> check_tokens_cuda(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
+                                          at::IntArrayRef shape) {
+  const std::vector<LevelRange> full(tokens.size(1), LevelRange{0, vocab});
   static const bool unchecked = [] {
     const char* v = std::getenv("GENREC_UNCHECKED_TOKENS");
     return v != nullptr && v[0] == '1';
   }();
-  if (unchecked || c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return;
+  if (unchecked || c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None) return full;
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   auto first_bad = at::full({1}, kNone, tokens.options());
   C10_CUDA_CHECK(cuda::launch_find_bad_token(tokens.const_data_ptr<int64_t>(), tokens.numel(), vocab, pad_id,
@@ -41,13 +44,17 @@ void check_tokens_cuda(const at::Tensor& tokens, int64_t vocab, int64_t pad_id, 
                                              stream()));
   const int64_t bad = first_bad.item<int64_t>();
   if (bad != kNone) throw_bad_token(bad, tokens.view(-1)[bad].item<int64_t>(), vocab, pad_id, shape);
+  return full;
 }
 
-void table_sum_cuda(const at::Tensor& table, const at::Tensor& tokens, const std::optional<at::Tensor>& bias,
-                    int64_t pad_id, at::Tensor& out) {
-  C10_CUDA_CHECK(cuda::launch_table_sum(dtype_tag(out), table.const_data_ptr(), tokens.const_data_ptr<int64_t>(),
+void table_sum_cuda(const at::Tensor& table, const at::Tensor& level_base, const at::Tensor& tokens,
+                    const std::optional<at::Tensor>& bias, int64_t pad_id, at::Tensor& out) {
+  // vocab for the in-kernel bounds guard: with full ranges the table holds L * V rows.
+  C10_CUDA_CHECK(cuda::launch_table_sum(dtype_tag(out), table.const_data_ptr(), level_base.const_data_ptr<int64_t>(),
+                                        tokens.const_data_ptr<int64_t>(),
                                         bias.has_value() ? bias->const_data_ptr() : nullptr, pad_id, tokens.size(0),
-                                        tokens.size(1), table.size(1), table.size(2), out.mutable_data_ptr(), stream()));
+                                        tokens.size(1), table.size(0) / tokens.size(1), table.size(1),
+                                        out.mutable_data_ptr(), stream()));
 }
 
 void gather_concat_cuda(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x) {
@@ -56,10 +63,12 @@ void gather_concat_cuda(const at::Tensor& embedding, const at::Tensor& tokens, i
                                             embedding.size(0), embedding.size(1), x.mutable_data_ptr(), stream()));
 }
 
-void scatter_levels_cuda(const at::Tensor& grad_out, const at::Tensor& tokens, int64_t pad_id, at::Tensor& grads) {
+void scatter_levels_cuda(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_base,
+                         int64_t pad_id, at::Tensor& grads) {
   C10_CUDA_CHECK(cuda::launch_scatter_levels(dtype_tag(grad_out), grad_out.const_data_ptr(),
-                                             tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
-                                             grads.size(1), grads.size(2), grads.mutable_data_ptr(), stream()));
+                                             tokens.const_data_ptr<int64_t>(), level_base.const_data_ptr<int64_t>(),
+                                             pad_id, tokens.size(0), tokens.size(1), grads.size(0) / tokens.size(1),
+                                             grads.size(1), grads.mutable_data_ptr(), stream()));
 }
 
 void scatter_concat_cuda(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,

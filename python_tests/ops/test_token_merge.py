@@ -83,6 +83,27 @@ def test_gather_path_spans_several_chunks():
     assert_close_all(run(token_merge, *args, 0), run(reference.token_merge, *args, 0), rtol=1e-4, atol=1e-4)
 
 
+def test_sid_blocks_at_the_end_of_a_large_vocabulary():
+    # An LLM vocabulary extended with SID tokens: each level uses its own block of 16 ids near the end, so
+    # the projected table covers only those rows; one level is entirely padding (an empty span).
+    V, K = 3000, 16
+    tokens, E, W, b = make_inputs(2, 30, 4, V, 8, 6, seed=13)
+    codes = torch.randint(0, K, (2, 30, 4), generator=torch.Generator().manual_seed(13))
+    tokens = V - 3 * K + K * torch.arange(4) + codes
+    tokens[..., 3] = 0  # the 4th level is all pad
+    tokens[0, :5] = 0
+    assert_close_all(run(token_merge, tokens, E, W, b, 0), run(reference.token_merge, tokens, E, W, b, 0),
+                     rtol=1e-5, atol=1e-5)
+
+
+def test_one_token_at_several_levels():
+    # Levels may share ids (overlapping spans): gradients from both levels land on one embedding row.
+    tokens, E, W, b = make_inputs(3, 20, 3, 6, 5, 7, seed=14)
+    tokens[..., 1] = tokens[..., 0]
+    assert_close_all(run(token_merge, tokens, E, W, b, 0), run(reference.token_merge, tokens, E, W, b, 0),
+                     rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("B,N,V", [(2, 6, 5), (1, 4, 40)], ids=["projected_table", "gather_gemm"])
 def test_gradcheck_fp64(B, N, V):
     tokens, E, W, b = make_inputs(B, N, 3, V, 5, 4, dtype=torch.float64, seed=5)

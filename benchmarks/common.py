@@ -1,0 +1,55 @@
+"""Shared benchmark plumbing: timing on CPU/CUDA, and writing a result table as Markdown + JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min_reps: int = 3,
+            warmup: int = 3) -> float:
+    """Median wall time of `fn` in milliseconds (CUDA: synchronised around each call)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def machine_description(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def write_table(rows: list[dict], columns: list[str], title: str, out_stem: Path, note: str = "") -> str:
+    """Render `rows` as a Markdown table, print it, and save `<out_stem>.md` and `<out_stem>.json`."""
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    lines = [f"## {title}", "", note, ""] if note else [f"## {title}", ""]
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "---|" * len(columns))
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    out_stem.with_suffix(".md").write_text(text)
+    out_stem.with_suffix(".json").write_text(json.dumps({"title": title, "note": note, "rows": rows}, indent=2))
+    print(text)
+    return text
