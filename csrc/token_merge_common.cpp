@@ -52,7 +52,8 @@ bool use_projected_table(const TablePlan& p, const TokenMergeSizes& s) { return 
 
 int64_t chunk_rows(const TokenMergeKernels& k, const TokenMergeSizes& s, at::ScalarType t) {
   const int64_t row_bytes = s.levels * s.dim * static_cast<int64_t>(c10::elementSize(t));
-  return std::clamp<int64_t>(k.chunk_bytes / std::max<int64_t>(row_bytes, 1), 256, std::max<int64_t>(s.rows, 1));
+  // At least 256 rows so each GEMM stays efficient, at most all of them.
+  return std::min(std::max<int64_t>(k.chunk_bytes / std::max<int64_t>(row_bytes, 1), 256), std::max<int64_t>(s.rows, 1));
 }
 
 }  // namespace
