@@ -18,4 +18,8 @@ TORCH_LIBRARY(genrec, m) {
   m.def(
       "token_merge_backward(Tensor grad_out, Tensor sid_tokens, Tensor embedding, Tensor weight, int pad_id)"
       " -> (Tensor, Tensor, Tensor)");
+  // Residual quantisation (paper §2.1): per level, the nearest of the first level_sizes[l] centroids to the
+  // running residual (ties to the lowest index), which is then subtracted. Returns (codes int64 [N, L],
+  // final residual [N, D] in x's dtype, squared final residual norms [N] in float32 (float64 for float64)).
+  m.def("rq_assign(Tensor x, Tensor codebooks, int[]? level_sizes=None) -> (Tensor, Tensor, Tensor)");
 }

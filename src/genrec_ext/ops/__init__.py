@@ -1,6 +1,7 @@
 """Python faces of the torch.ops.genrec.* kernels: functional API, fake (meta) kernels, autograd."""
 
 from .registry import OPS, kernel_devices
+from .rq_assign import rq_assign
 from .token_merge import token_merge
 
-__all__ = ["OPS", "kernel_devices", "token_merge"]
+__all__ = ["OPS", "kernel_devices", "rq_assign", "token_merge"]

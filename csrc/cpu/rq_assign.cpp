@@ -1,0 +1,81 @@
+// CPU kernel of genrec::rq_assign: rows split into blocks across threads; each block walks the codebook in
+// tiles, a single-threaded GEMM tile (row block x centroid tile) feeding a running argmin, so the tile
+// stays in cache and no N x K distance matrix exists.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "rq_assign_common.h"
+
+namespace genrec {
+namespace {
+
+constexpr int64_t kRowBlock = 128;       // rows per task
+constexpr int64_t kCentroidTile = 512;   // centroids per GEMM tile: 128 x 512 fp32 dots = 256 KiB
+
+void assign_level_cpu(at::Tensor& residual, const at::Tensor& codebook, const at::Tensor& sq_norms,
+                      int64_t* codes, int64_t code_stride) {
+  const int64_t n = residual.size(0), dim = residual.size(1), width = codebook.size(0);
+  AT_DISPATCH_FLOATING_TYPES(residual.scalar_type(), "rq_assign_level", [&] {
+    const scalar_t* norms = sq_norms.const_data_ptr<scalar_t>();
+    const scalar_t* centroids = codebook.const_data_ptr<scalar_t>();
+    scalar_t* r = residual.mutable_data_ptr<scalar_t>();
+    const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      const int64_t tile = std::min(kCentroidTile, width);
+      auto dots = at::empty({kRowBlock, tile}, residual.options());
+      std::vector<scalar_t> best(kRowBlock);
+      std::vector<int64_t> best_k(kRowBlock);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t i0 = b * kRowBlock, rows = std::min(kRowBlock, n - i0);
+        const auto r_block = residual.narrow(0, i0, rows);
+        std::fill(best.begin(), best.end(), std::numeric_limits<scalar_t>::infinity());
+        std::fill(best_k.begin(), best_k.end(), 0);
+        for (int64_t k0 = 0; k0 < width; k0 += tile) {
+          const int64_t cols = std::min(tile, width - k0);
+          auto d = dots.narrow(0, 0, rows).narrow(1, 0, cols);
+          at::mm_out(d, r_block, codebook.narrow(0, k0, cols).t());  // single-threaded inside parallel_for
+          const scalar_t* dp = dots.const_data_ptr<scalar_t>();
+          for (int64_t i = 0; i < rows; ++i) {
+            const scalar_t* row = dp + i * tile;
+            scalar_t bi = best[i];
+            int64_t ki = best_k[i];
+            for (int64_t j = 0; j < cols; ++j) {
+              const scalar_t dist = norms[k0 + j] - 2 * row[j];
+              if (dist < bi) {  // strict: ties keep the lowest centroid index
+                bi = dist;
+                ki = k0 + j;
+              }
+            }
+            best[i] = bi;
+            best_k[i] = ki;
+          }
+        }
+        for (int64_t i = 0; i < rows; ++i) {
+          codes[(i0 + i) * code_stride] = best_k[i];
+          scalar_t* ri = r + (i0 + i) * dim;
+          const scalar_t* c = centroids + best_k[i] * dim;
+          for (int64_t j = 0; j < dim; ++j) ri[j] -= c[j];
+        }
+      }
+    });
+  });
+}
+
+const RqAssignKernels kCpuKernels{assign_level_cpu};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rq_assign_cpu(const at::Tensor& x, const at::Tensor& codebooks,
+                                                             at::OptionalIntArrayRef level_sizes) {
+  return rq_assign(kCpuKernels, x, codebooks, level_sizes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genrec, CPU, m) { m.impl("rq_assign", &rq_assign_cpu); }
+
+}  // namespace genrec
