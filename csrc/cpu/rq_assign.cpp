@@ -15,8 +15,32 @@
 namespace genrec {
 namespace {
 
-constexpr int64_t kRowBlock = 128;       // rows per task
-constexpr int64_t kCentroidTile = 512;   // centroids per GEMM tile: 128 x 512 fp32 dots = 256 KiB
+constexpr int64_t kCentroidTile = 512;  // centroids per GEMM tile
+
+// Rows per task: enough that each tile GEMM amortises its call overhead when D is small (>= 32k inputs).
+int64_t row_block(int64_t dim) { return std::clamp<int64_t>(32768 / std::max<int64_t>(dim, 1), 128, 512); }
+
+// Folds one row of dot products into the running (best distance, best index). The distances are written
+// back in place first so the vectorised min and the scan that locates it read the very same values.
+// Cloned per ISA (the build targets baseline x86-64; the loader picks the widest the CPU has).
+template <typename scalar_t>
+__attribute__((target_clones("avx512f", "avx2", "default"))) void update_argmin(scalar_t* row, const scalar_t* norms, int64_t cols, int64_t k0, scalar_t& best, int64_t& best_k) {
+  constexpr int64_t kChunk = 32;
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) row[j] = norms[j] - 2 * row[j];
+  for (int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+    const int64_t j1 = std::min(j0 + kChunk, cols);
+    scalar_t m = row[j0];
+#pragma omp simd reduction(min : m)
+    for (int64_t j = j0; j < j1; ++j) m = std::min(m, row[j]);
+    if (m < best) {  // strict: on ties the earlier (lower) centroid index stays
+      int64_t j = j0;
+      while (row[j] != m) ++j;
+      best = m;
+      best_k = k0 + j;
+    }
+  }
+}
 
 void assign_level_cpu(at::Tensor& residual, const at::Tensor& codebook, const at::Tensor& sq_norms,
                       int64_t* codes, int64_t code_stride) {
@@ -25,14 +49,14 @@ void assign_level_cpu(at::Tensor& residual, const at::Tensor& codebook, const at
     const scalar_t* norms = sq_norms.const_data_ptr<scalar_t>();
     const scalar_t* centroids = codebook.const_data_ptr<scalar_t>();
     scalar_t* r = residual.mutable_data_ptr<scalar_t>();
-    const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
+    const int64_t block = row_block(dim), blocks = (n + block - 1) / block;
     at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
       const int64_t tile = std::min(kCentroidTile, width);
-      auto dots = at::empty({kRowBlock, tile}, residual.options());
-      std::vector<scalar_t> best(kRowBlock);
-      std::vector<int64_t> best_k(kRowBlock);
+      auto dots = at::empty({block, tile}, residual.options());
+      std::vector<scalar_t> best(block);
+      std::vector<int64_t> best_k(block);
       for (int64_t b = b0; b < b1; ++b) {
-        const int64_t i0 = b * kRowBlock, rows = std::min(kRowBlock, n - i0);
+        const int64_t i0 = b * block, rows = std::min(block, n - i0);
         const auto r_block = residual.narrow(0, i0, rows);
         std::fill(best.begin(), best.end(), std::numeric_limits<scalar_t>::infinity());
         std::fill(best_k.begin(), best_k.end(), 0);
@@ -40,20 +64,9 @@ void assign_level_cpu(at::Tensor& residual, const at::Tensor& codebook, const at
           const int64_t cols = std::min(tile, width - k0);
           auto d = dots.narrow(0, 0, rows).narrow(1, 0, cols);
           at::mm_out(d, r_block, codebook.narrow(0, k0, cols).t());  // single-threaded inside parallel_for
-          const scalar_t* dp = dots.const_data_ptr<scalar_t>();
+          scalar_t* dp = dots.mutable_data_ptr<scalar_t>();
           for (int64_t i = 0; i < rows; ++i) {
-            const scalar_t* row = dp + i * tile;
-            scalar_t bi = best[i];
-            int64_t ki = best_k[i];
-            for (int64_t j = 0; j < cols; ++j) {
-              const scalar_t dist = norms[k0 + j] - 2 * row[j];
-              if (dist < bi) {  // strict: ties keep the lowest centroid index
-                bi = dist;
-                ki = k0 + j;
-              }
-            }
-            best[i] = bi;
-            best_k[i] = ki;
+            update_argmin(dp + i * tile, norms + k0, cols, k0, best[i], best_k[i]);
           }
         }
         for (int64_t i = 0; i < rows; ++i) {
