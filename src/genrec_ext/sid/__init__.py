@@ -1,0 +1,7 @@
+"""Semantic IDs: item embeddings -> residual K-means codebooks -> unique SIDs -> a trie of valid SIDs."""
+
+from .rqkmeans import RQCodebooks, RQKMeansConfig, train_rq_kmeans
+from .table import SIDStats, SIDTable, build_sid_table
+from .trie import SIDTrie
+
+__all__ = ["RQCodebooks", "RQKMeansConfig", "SIDStats", "SIDTable", "SIDTrie", "build_sid_table", "train_rq_kmeans"]
