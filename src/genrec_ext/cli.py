@@ -27,7 +27,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from genrec_ext.demo import run_demo
 
-    return run_demo(seed=args.seed)
+    return run_demo(seed=args.seed, out=args.out, progress=not args.quiet)
 
 
 def _cmd_sid_build(args: argparse.Namespace) -> int:
@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
     p = sub.add_parser("demo", help="run the main job on built-in synthetic data")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="genrec_demo", help="output folder (default: ./genrec_demo)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
     sid = sub.add_parser("sid", help="semantic IDs").add_subparsers(dest="sid_command", metavar="SUBCOMMAND",

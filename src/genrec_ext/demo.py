@@ -1,51 +1,80 @@
-"""`genrec demo`: the main job on built-in synthetic data.
+"""`genrec demo`: the main job on built-in synthetic data, end to end as far as the pipeline is built.
 
-For now the pipeline is the Token Merger alone: it merges a batch of synthetic SID histories with the
-compiled kernel, checks forward and backward against the pure-PyTorch reference, and reports timings.
-Later stages (SIDs, SFT, beam search, GRPO-SR) extend this job.
+Now: synthetic page logs -> page samples and a last-day split -> item embeddings -> RQ K-means semantic IDs
+-> the Token Merger (fused op) over real SID histories, checked against the reference. Later stages (SFT,
+beam search, GRPO-SR) extend this job. Outputs land in ``--out``.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from genrec_ext import data
 from genrec_ext import nn as gnn
 from genrec_ext.ops import reference
+from genrec_ext.sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_kmeans
+from genrec_ext.sid.vocab import PAD
 
 
-def run_demo(seed: int = 0, batch: int = 64, history: int = 50, levels: int = 3, codebook: int = 256,
-             dim: int = 128) -> int:
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, codebook_size: int = 64,
+             dim: int = 128, batch: int = 256, progress: bool = True) -> int:
+    out = Path(out)
     torch.manual_seed(seed)
-    vocab = 4 + levels * codebook  # specials + one block of codes per SID level (DESIGN.md, Tokens)
-    merger = gnn.TokenMerger(vocab, dim, levels, dim)
-    # Each history item's SID: level l uses tokens offset_l + code; the tail of each history is padding.
-    codes = torch.randint(0, codebook, (batch, history, levels))
-    tokens = 4 + codes + codebook * torch.arange(levels)
-    lengths = torch.randint(1, history + 1, (batch,))
-    tokens[torch.arange(history) >= lengths[:, None]] = merger.pad_id
 
+    _step("1. Synthetic page logs")
+    syn = data.generate_synthetic(data.SyntheticConfig(seed=seed), progress=progress)
+    paths = syn.write_parquet(out / "data")
+    print(f"{syn.logs.num_rows:,} log rows, {len(syn.catalog):,} items -> {paths['logs'] if 'logs' in paths else out / 'data'}")
+
+    _step("2. Page samples, last day held out")
+    samples = data.build_page_samples(syn.log(), syn.catalog, max_history=50, progress=progress)
+    splits = data.time_split(samples, test_days=1)
+    print(samples.stats.summary())
+    print(splits.summary())
+
+    _step("3. Semantic IDs (RQ K-means on item embeddings)")
+    config = RQKMeansConfig(levels=levels, codebook_size=codebook_size, seed=seed)
+    codebooks = train_rq_kmeans(syn.catalog.embeddings, config, progress=progress)
+    table = build_sid_table(syn.catalog.embeddings, list(syn.catalog.ids), codebooks)
+    table.save(out / "sids")
+    print(table.stats.summary())
+    print(f"SID table -> {out / 'sids'}")
+
+    _step("4. Token Merger over real SID histories (fused genrec::token_merge vs reference)")
+    vocab = SIDVocab(tuple(table.level_sizes))
+    train = splits.train
+    rows = np.arange(min(batch, len(train)))
+    offsets, items = train.history.to_csr(rows)
+    lengths = np.diff(offsets)
+    tokens = torch.full((len(rows), int(lengths.max()), vocab.levels), PAD, dtype=torch.int64)
+    item_tokens = vocab.tokens(table.codes[items])
+    for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
+        tokens[i, : b - a] = item_tokens[a:b]  # left-aligned histories, padding after
+    merger = gnn.TokenMerger(vocab.size, dim, vocab.levels, dim, pad_id=PAD)
     start = time.perf_counter()
-    out = merger(tokens)
-    out.square().sum().backward()
+    merged = merger(tokens)
+    merged.square().mean().backward()
     elapsed = time.perf_counter() - start
-
     params = [merger.embedding.weight, merger.proj.weight, merger.proj.bias]
     fused_grads = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    ref = reference.token_merge(tokens, *params, pad_id=merger.pad_id)
-    ref.square().sum().backward()
-
-    fwd_err = (out - ref).abs().max().item()
-    bwd_err = max((g - p.grad).abs().max().item() for g, p in zip(fused_grads, params))
-    ok = torch.allclose(out, ref, rtol=1e-5, atol=1e-5) and all(
-        torch.allclose(g, p.grad, rtol=1e-4, atol=1e-4) for g, p in zip(fused_grads, params)
-    )
-    print(f"Token Merger demo: {batch} users x {history} history items x {levels} SID levels "
-          f"({int(lengths.sum())} real items, rest padding), d={dim}")
-    print(f"  fused genrec::token_merge fwd+bwd: {elapsed * 1e3:.2f} ms")
-    print(f"  max |fused - reference|: forward {fwd_err:.2e}, gradients {bwd_err:.2e}")
-    print("  OK: kernel matches the reference" if ok else "  MISMATCH: kernel differs from the reference")
+    ref = reference.token_merge(tokens, *params, pad_id=PAD)
+    ref.square().mean().backward()
+    ok = torch.allclose(merged, ref, rtol=1e-5, atol=1e-5) and all(
+        torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6) for g, p in zip(fused_grads, params))
+    fwd_err = (merged - ref).abs().max().item()
+    print(f"{len(rows)} users x up to {tokens.shape[1]} history items x {vocab.levels} SID tokens "
+          f"({int(lengths.sum()):,} real items) -> {tuple(merged.shape)} prompt vectors, d={dim}")
+    print(f"fused fwd+bwd {elapsed * 1e3:.1f} ms; max |fused - reference| = {fwd_err:.1e}")
+    print("OK: kernel matches the reference" if ok else "MISMATCH: kernel differs from the reference")
+    print(f"\nOutputs in {out.resolve()}")
     return 0 if ok else 1

@@ -3,5 +3,6 @@
 from .rqkmeans import RQCodebooks, RQKMeansConfig, train_rq_kmeans
 from .table import SIDStats, SIDTable, build_sid_table
 from .trie import SIDTrie
+from .vocab import SIDVocab
 
-__all__ = ["RQCodebooks", "RQKMeansConfig", "SIDStats", "SIDTable", "SIDTrie", "build_sid_table", "train_rq_kmeans"]
+__all__ = ["RQCodebooks", "RQKMeansConfig", "SIDStats", "SIDTable", "SIDTrie", "SIDVocab", "build_sid_table", "train_rq_kmeans"]

@@ -53,7 +53,10 @@ class RQCodebooks:
         return len(self.level_sizes)
 
     def prepare(self, x: Tensor | np.ndarray) -> Tensor:
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x, dtype=torch.float32)
+        if isinstance(x, np.ndarray):
+            x = np.asarray(x, dtype=np.float32)
+            x = torch.from_numpy(x if x.flags.writeable else x.copy())  # torch wants writable memory
+        x = torch.as_tensor(x, dtype=torch.float32)
         return torch.nn.functional.normalize(x, dim=1) if self.normalize else x
 
     def encode(self, x: Tensor | np.ndarray) -> Tensor:

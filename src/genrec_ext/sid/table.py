@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .rqkmeans import RQCodebooks
 
@@ -171,7 +170,7 @@ def resolve_collisions(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return rank, counts[inverse], int(counts.max()) if len(counts) else 0
 
 
-def _reassign_last_level(codes: np.ndarray, vectors: Tensor, codebooks: RQCodebooks) -> np.ndarray:
+def _reassign_last_level(codes: np.ndarray, vectors, codebooks: RQCodebooks) -> np.ndarray:
     """Move all but one item of every collision group to the nearest free last-level code of its prefix."""
     codes = codes.copy()
     last = codebooks.levels - 1
@@ -228,7 +227,7 @@ def build_sid_table(embeddings, item_ids: list, codebooks: RQCodebooks, *, colli
         raise ValueError(f"{stats.colliding_items_before} items collide, e.g. items {clash[:5]} share SID "
                          f"{tuple(codes[first].tolist())}; use collisions='reassign' or 'append', or larger codebooks")
     if max_group > 1 and collisions == "reassign":
-        codes = _reassign_last_level(codes, torch.as_tensor(np.asarray(embeddings, dtype=np.float32)), codebooks)
+        codes = _reassign_last_level(codes, embeddings, codebooks)
     rank, _, max_group = resolve_collisions(codes)
     level_sizes = list(codebooks.level_sizes)
     collision_level = max_group > 1

@@ -1,0 +1,50 @@
+"""The token vocabulary of DESIGN.md: four specials, then one block of K_l tokens per SID level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<sep>")
+PAD, BOS, EOS, SEP = range(len(SPECIALS))
+
+
+@dataclass(frozen=True)
+class SIDVocab:
+    """Token ids for SIDs: level l's code c is token ``offsets[l] + c``; decoding at depth l scores only
+    that block, ``range(offsets[l], offsets[l] + level_sizes[l])``."""
+
+    level_sizes: tuple[int, ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        starts = np.cumsum([len(SPECIALS), *self.level_sizes[:-1]])
+        return tuple(int(s) for s in starts)
+
+    @property
+    def size(self) -> int:
+        return len(SPECIALS) + sum(self.level_sizes)
+
+    @property
+    def levels(self) -> int:
+        return len(self.level_sizes)
+
+    def tokens(self, sids: Tensor | np.ndarray) -> Tensor:
+        """``[..., L]`` SID codes -> ``[..., L]`` int64 token ids (codes are range-checked)."""
+        codes = torch.as_tensor(sids, dtype=torch.int64)
+        if codes.shape[-1] != self.levels:
+            raise ValueError(f"SIDs have {codes.shape[-1]} levels, the vocabulary {self.levels}")
+        sizes = torch.tensor(self.level_sizes)
+        bad = (codes < 0) | (codes >= sizes)
+        if bad.any():
+            where = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise ValueError(f"SID code {int(codes[where])} at {where} is outside [0, {int(sizes[where[-1]])}) "
+                             f"for level {where[-1]}")
+        return codes + torch.tensor(self.offsets)
+
+    def codes(self, tokens: Tensor) -> Tensor:
+        """Inverse of :meth:`tokens` for ``[..., L]`` token ids."""
+        return torch.as_tensor(tokens, dtype=torch.int64) - torch.tensor(self.offsets)
