@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rq_assign(const RqAssignKernels& 
 
   const auto acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   auto codes = at::empty({n, levels}, x.options().dtype(at::kLong));
-  auto residual = x.to(acc, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  auto residual = x.to(acc, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
   if (n > 0) {
     for (int64_t l = 0; l < levels; ++l) {
       const int64_t kl = level_sizes.has_value() ? (*level_sizes)[l] : width;

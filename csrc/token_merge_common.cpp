@@ -20,12 +20,12 @@ at::Tensor weight_by_level(const at::Tensor& weight, const TokenMergeSizes& s, a
   return weight.to(t).view({s.out_dim, s.levels, s.dim}).permute({1, 0, 2});
 }
 
-// Where each level's slice of the projected table starts: table row = level_base[l] + token.
+// Where each level's slice of the projected table starts: table row = base_l + token.
 struct TablePlan {
   std::vector<LevelRange> ranges;
   std::vector<int64_t> offset;  // first table row of level l
   int64_t rows = 0;             // S
-  at::Tensor level_base;        // int64 [L] on the op's device: offset[l] - ranges[l].lo
+  at::Tensor level_info;        // int64 [L, 3] on the op's device: (offset[l] - lo_l, lo_l, hi_l)
 };
 
 TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, const at::Tensor& tokens) {
@@ -38,11 +38,14 @@ TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, c
     full = full && r.lo == 0 && r.hi == s.vocab;
   }
   if (full) {  // built on the device: no host-to-device copy (keeps CUDA-graph capture legal)
-    p.level_base = at::arange(s.levels, tokens.options()).mul_(s.vocab);
+    const auto base = at::arange(s.levels, tokens.options()).mul_(s.vocab);
+    p.level_info = at::stack({base, at::zeros_like(base), at::full_like(base, s.vocab)}, 1);
   } else {
-    std::vector<int64_t> base;
-    for (int64_t l = 0; l < s.levels; ++l) base.push_back(p.offset[l] - p.ranges[l].lo);
-    p.level_base = at::tensor(base, at::kLong).to(tokens.device());
+    std::vector<int64_t> info;
+    for (int64_t l = 0; l < s.levels; ++l) {
+      info.insert(info.end(), {p.offset[l] - p.ranges[l].lo, p.ranges[l].lo, p.ranges[l].hi});
+    }
+    p.level_info = at::tensor(info, at::kLong).view({s.levels, 3}).to(tokens.device());
   }
   return p;
 }
@@ -123,7 +126,7 @@ at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid
       auto slice = table.narrow(0, plan.offset[l], hi - lo);
       at::mm_out(slice, embedding.narrow(0, lo, hi - lo).to(acc), w_levels[l].t());
     }
-    k.table_sum(table, plan.level_base, tokens, bias, pad_id, out2d);
+    k.table_sum(table, plan.level_info, tokens, bias, pad_id, out2d);
     return out;
   }
 
@@ -178,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_merge_backward(
   auto grad_weight = at::zeros({s.out_dim, s.levels * s.dim}, opts);
   if (use_projected_table(plan, s)) {
     auto grads = at::zeros({plan.rows, s.out_dim}, opts);  // G_l[t] = sum of grad_out over t at level l
-    k.scatter_levels(grad_out, tokens, plan.level_base, pad_id, grads);
+    k.scatter_levels(grad_out, tokens, plan.level_info, pad_id, grads);
     // dE[lo_l:hi_l] += G_l @ W_l and dW_l = G_l^T @ E[lo_l:hi_l], level by level (spans may overlap).
     const auto w_levels = weight_by_level(weight_in, s, acc);  // [L, d_out, d]
     for (int64_t l = 0; l < s.levels; ++l) {

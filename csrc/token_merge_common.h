@@ -2,7 +2,8 @@
 //
 // out[r] = W @ concat(E[t_r0], ..., E[t_r(L-1)]) + b  =  b + sum_l W_l @ E[t_rl]   (W_l = W[:, l*d:(l+1)*d])
 //
-// Two exact strategies, chosen from shapes alone (no host sync, same choice on every device):
+// Two exact strategies, chosen from the shapes and the embedding rows each level's tokens span (measured
+// during the token check; a backend that skips the check assumes every level spans [0, V)):
 //  * projected table: P_l = E[lo_l:hi_l] @ W_l^T over the rows level l's tokens span, then
 //    out[r] = b + sum_l P_l[t_rl - lo_l]. Costs sum_l (hi_l - lo_l) * d * d_out FLOPs plus a gather-add, so it
 //    wins whenever the spans hold fewer rows than the R * L lookups — the usual case: a level's SID tokens
@@ -50,17 +51,19 @@ struct LevelRange {
 // where `checks` is set, report the first token outside [0, V) that is not pad_id.
 struct TokenMergeKernels {
   // Token range check (throws naming sid_tokens[b, n, l] and its value) that also returns each level's
-  // LevelRange; a backend that cannot afford to measure them (CUDA: a host sync) returns [0, V) for all.
+  // LevelRange; where the check is skipped (CUDA: unchecked mode or graph capture, which allow no host
+  // sync) it returns [0, V) for every level.
   std::vector<LevelRange> (*check_tokens)(const at::Tensor& tokens, int64_t vocab, int64_t pad_id,
                                           at::IntArrayRef token_shape);
-  // out[r] = (row r all pad) ? 0 : bias + sum_l table[level_base[l] + tokens[r, l]]
-  // (table: [S, d_out] in the accumulation dtype; level_base: int64 [L] on the tensors' device)
-  void (*table_sum)(const at::Tensor& table, const at::Tensor& level_base, const at::Tensor& tokens,
+  // out[r] = (row r all pad) ? 0 : bias + sum_l table[base_l + tokens[r, l]]
+  // (table: [S, d_out] in the accumulation dtype; level_info: int64 [L, 3] rows (base_l, lo_l, hi_l) on the
+  // tensors' device — level l's tokens lie in [lo_l, hi_l), its table rows start at base_l + lo_l)
+  void (*table_sum)(const at::Tensor& table, const at::Tensor& level_info, const at::Tensor& tokens,
                     const std::optional<at::Tensor>& bias, int64_t pad_id, at::Tensor& out);
   // x[r, l*d:(l+1)*d] = tokens[r, l] == pad ? 0 : embedding[tokens[r, l]]   (x may differ in dtype)
   void (*gather_concat)(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x);
-  // grads[level_base[l] + tokens[r, l]] += grad_out[r] over non-pad tokens   (grads: [S, d_out], zeroed)
-  void (*scatter_levels)(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_base,
+  // grads[base_l + tokens[r, l]] += grad_out[r] over non-pad tokens   (grads: [S, d_out], zeroed)
+  void (*scatter_levels)(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_info,
                          int64_t pad_id, at::Tensor& grads);
   // grad_embedding[tokens[r, l]] += grad_x[r, l*d:(l+1)*d] over non-pad tokens
   void (*scatter_concat)(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,

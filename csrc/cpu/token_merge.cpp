@@ -44,11 +44,11 @@ bool all_pad(const int64_t* row, int64_t levels, int64_t pad_id) {
   return true;
 }
 
-void table_sum_cpu(const at::Tensor& table, const at::Tensor& level_base, const at::Tensor& tokens,
+void table_sum_cpu(const at::Tensor& table, const at::Tensor& level_info, const at::Tensor& tokens,
                    const std::optional<at::Tensor>& bias, int64_t pad_id, at::Tensor& out) {
   const int64_t rows = tokens.size(0), levels = tokens.size(1), d_out = table.size(1);
   const int64_t* tok = tokens.const_data_ptr<int64_t>();
-  const int64_t* base = level_base.const_data_ptr<int64_t>();
+  const int64_t* info = level_info.const_data_ptr<int64_t>();  // (base, lo, hi) per level; ranges are exact here
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "token_merge_table_sum", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* P = table.const_data_ptr<acc_t>();
@@ -71,7 +71,7 @@ void table_sum_cpu(const at::Tensor& table, const at::Tensor& level_base, const 
         }
         for (int64_t l = 0; l < levels; ++l) {
           if (t[l] == pad_id) continue;
-          const acc_t* p = P + (base[l] + t[l]) * d_out;
+          const acc_t* p = P + (info[3 * l] + t[l]) * d_out;
           for (int64_t c = 0; c < d_out; ++c) a[c] += p[c];
         }
         for (int64_t c = 0; c < d_out; ++c) dst[c] = static_cast<scalar_t>(a[c]);
@@ -106,11 +106,11 @@ void gather_concat_cpu(const at::Tensor& embedding, const at::Tensor& tokens, in
   });
 }
 
-void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_base,
+void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_info,
                         int64_t pad_id, at::Tensor& grads) {
   const int64_t rows = tokens.size(0), levels = tokens.size(1), d_out = grads.size(1);
   const int64_t* tok = tokens.const_data_ptr<int64_t>();
-  const int64_t* base = level_base.const_data_ptr<int64_t>();
+  const int64_t* info = level_info.const_data_ptr<int64_t>();  // (base, lo, hi) per level; ranges are exact here
   const int64_t blocks = (d_out + kColumnBlock - 1) / kColumnBlock;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, grad_out.scalar_type(), "token_merge_scatter_levels", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -124,7 +124,7 @@ void scatter_levels_cpu(const at::Tensor& grad_out, const at::Tensor& tokens, co
           const int64_t t = tok[r * levels + l];
           if (t == pad_id) continue;
           const scalar_t* src = g + r * d_out;
-          acc_t* dst = G + (base[l] + t) * d_out;
+          acc_t* dst = G + (info[3 * l] + t) * d_out;
           for (int64_t c = c0; c < c1; ++c) dst[c] += static_cast<acc_t>(src[c]);
         }
       }

@@ -127,6 +127,7 @@ cudaError_t launch_rq_assign_level(DType type, void* residual, const void* codeb
                                    int64_t width, int64_t dim, int64_t* codes, int64_t code_stride,
                                    cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
+  if ((n + kTileRows - 1) / kTileRows > 2147483647) return cudaErrorInvalidConfiguration;  // gridDim.x limit
   const dim3 grid(static_cast<unsigned>((n + kTileRows - 1) / kTileRows));
   switch (type) {
     case DType::kFloat32:

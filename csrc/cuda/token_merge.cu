@@ -29,23 +29,50 @@ template <typename A> __device__ __forceinline__ A quiet_nan() { return static_c
 
 __device__ __forceinline__ bool in_range(int64_t t, int64_t vocab) { return t >= 0 && t < vocab; }
 
-dim3 row_grid(int64_t rows) { return dim3(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock)); }
+int64_t row_blocks(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
+dim3 row_grid(int64_t rows) { return dim3(static_cast<unsigned>(row_blocks(rows))); }
+constexpr int64_t kMaxGridX = 2147483647;  // gridDim.x limit
 const dim3 kRowBlock(kLanes, kRowsPerBlock);
 
-__global__ void find_bad_token_kernel(const int64_t* __restrict__ tokens, int64_t count, int64_t vocab, int64_t pad,
-                                      unsigned long long* first_bad) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+__global__ void scan_tokens_kernel(const int64_t* __restrict__ tokens, int64_t rows, int64_t levels, int64_t vocab,
+                                   int64_t pad, unsigned long long* scan) {
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = first; i < rows * levels; i += stride) {
     const int64_t t = tokens[i];
-    if (t != pad && !in_range(t, vocab)) atomicMin(first_bad, static_cast<unsigned long long>(i));
+    if (t != pad && !in_range(t, vocab)) atomicMin(scan, static_cast<unsigned long long>(i));
   }
+  // Per level: thread-local span, then a warp reduction, then one atomic per warp (not per token).
+  for (int64_t l = 0; l < levels; ++l) {
+    unsigned long long lo = static_cast<unsigned long long>(vocab), hi = 0;
+    for (int64_t r = first; r < rows; r += stride) {
+      const int64_t t = tokens[r * levels + l];
+      if (t != pad && in_range(t, vocab)) {
+        lo = min(lo, static_cast<unsigned long long>(t));
+        hi = max(hi, static_cast<unsigned long long>(t + 1));
+      }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      lo = min(lo, __shfl_down_sync(0xffffffffu, lo, offset));
+      hi = max(hi, __shfl_down_sync(0xffffffffu, hi, offset));
+    }
+    if ((threadIdx.x & 31) == 0) {
+      atomicMin(scan + 1 + l, lo);
+      atomicMax(scan + 1 + levels + l, hi);
+    }
+  }
+}
+
+// Row of the projected table for token t at level l, or -1 when t is outside the level's valid range.
+__device__ __forceinline__ int64_t table_row(const int64_t* __restrict__ level_info, int64_t l, int64_t t) {
+  return (t >= level_info[3 * l + 1] && t < level_info[3 * l + 2]) ? level_info[3 * l] + t : -1;
 }
 
 template <typename T>
 __global__ void table_sum_kernel(const typename Acc<T>::type* __restrict__ table,
-                                 const int64_t* __restrict__ level_base, const int64_t* __restrict__ tokens,
+                                 const int64_t* __restrict__ level_info, const int64_t* __restrict__ tokens,
                                  const T* __restrict__ bias, int64_t pad, int64_t rows, int64_t levels,
-                                 int64_t vocab, int64_t out_dim, T* __restrict__ out) {
+                                 int64_t out_dim, T* __restrict__ out) {
   using A = typename Acc<T>::type;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
   if (row >= rows) return;
@@ -60,7 +87,8 @@ __global__ void table_sum_kernel(const typename Acc<T>::type* __restrict__ table
       for (int64_t l = 0; l < levels; ++l) {
         const int64_t t = tok[l];
         if (t == pad) continue;
-        a += in_range(t, vocab) ? table[(level_base[l] + t) * out_dim + c] : quiet_nan<A>();
+        const int64_t row_in_table = table_row(level_info, l, t);
+        a += row_in_table >= 0 ? table[row_in_table * out_dim + c] : quiet_nan<A>();
       }
     }
     dst[c] = from_acc<T>(a);
@@ -85,8 +113,8 @@ __global__ void gather_concat_kernel(const S* __restrict__ embedding, const int6
 
 template <typename G>
 __global__ void scatter_levels_kernel(const G* __restrict__ grad_out, const int64_t* __restrict__ tokens,
-                                      const int64_t* __restrict__ level_base, int64_t pad,
-                                      int64_t rows, int64_t levels, int64_t vocab, int64_t out_dim,
+                                      const int64_t* __restrict__ level_info, int64_t pad,
+                                      int64_t rows, int64_t levels, int64_t out_dim,
                                       typename Acc<G>::type* __restrict__ grads) {
   using A = typename Acc<G>::type;
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
@@ -94,8 +122,9 @@ __global__ void scatter_levels_kernel(const G* __restrict__ grad_out, const int6
   const G* src = grad_out + row * out_dim;
   for (int64_t l = 0; l < levels; ++l) {
     const int64_t t = tokens[row * levels + l];
-    if (t == pad || !in_range(t, vocab)) continue;
-    A* dst = grads + (level_base[l] + t) * out_dim;
+    const int64_t row_in_table = t == pad ? -1 : table_row(level_info, l, t);
+    if (row_in_table < 0) continue;
+    A* dst = grads + row_in_table * out_dim;
     for (int64_t c = threadIdx.x; c < out_dim; c += kLanes) atomicAdd(dst + c, to_acc<A>(src[c]));
   }
 }
@@ -124,24 +153,25 @@ template <typename F> cudaError_t dispatch(DType t, F&& f) {
 
 }  // namespace
 
-cudaError_t launch_find_bad_token(const int64_t* tokens, int64_t count, int64_t vocab, int64_t pad,
-                                  unsigned long long* first_bad, cudaStream_t stream) {
-  if (count == 0) return cudaSuccess;
+cudaError_t launch_scan_tokens(const int64_t* tokens, int64_t rows, int64_t levels, int64_t vocab, int64_t pad,
+                               unsigned long long* scan, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
   const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((count + threads - 1) / threads, 1024));
-  find_bad_token_kernel<<<blocks, threads, 0, stream>>>(tokens, count, vocab, pad, first_bad);
+  const int blocks = static_cast<int>(std::min<int64_t>((rows + threads - 1) / threads, 1024));
+  scan_tokens_kernel<<<blocks, threads, 0, stream>>>(tokens, rows, levels, vocab, pad, scan);
   return cudaGetLastError();
 }
 
-cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* level_base, const int64_t* tokens,
-                             const void* bias, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
-                             int64_t out_dim, void* out, cudaStream_t stream) {
+cudaError_t launch_table_sum(DType out_type, const void* table, const int64_t* level_info, const int64_t* tokens,
+                             const void* bias, int64_t pad, int64_t rows, int64_t levels, int64_t out_dim, void* out,
+                             cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
+  if (row_blocks(rows) > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(out_type, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<T>::type;
     table_sum_kernel<T><<<row_grid(rows), kRowBlock, 0, stream>>>(
-        static_cast<const A*>(table), level_base, tokens, static_cast<const T*>(bias), pad, rows, levels, vocab, out_dim,
+        static_cast<const A*>(table), level_info, tokens, static_cast<const T*>(bias), pad, rows, levels, out_dim,
         static_cast<T*>(out));
     return cudaGetLastError();
   });
@@ -152,6 +182,7 @@ cudaError_t launch_gather_concat(DType embedding_type, const void* embedding, DT
                                  cudaStream_t stream) {
   const int64_t segments = rows * levels;
   if (segments == 0) return cudaSuccess;
+  if (row_blocks(segments) > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(embedding_type, [&](auto* stag) {
     using S = std::remove_pointer_t<decltype(stag)>;
     return dispatch(x_type, [&](auto* xtag) {
@@ -164,15 +195,15 @@ cudaError_t launch_gather_concat(DType embedding_type, const void* embedding, DT
 }
 
 cudaError_t launch_scatter_levels(DType grad_type, const void* grad_out, const int64_t* tokens,
-                                  const int64_t* level_base, int64_t pad, int64_t rows, int64_t levels, int64_t vocab,
-                                  int64_t out_dim, void* grads, cudaStream_t stream) {
+                                  const int64_t* level_info, int64_t pad, int64_t rows, int64_t levels, int64_t out_dim,
+                                  void* grads, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
+  if (row_blocks(rows) > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(grad_type, [&](auto* tag) {
     using G = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<G>::type;
     scatter_levels_kernel<G><<<row_grid(rows), kRowBlock, 0, stream>>>(
-        static_cast<const G*>(grad_out), tokens, level_base, pad, rows, levels, vocab, out_dim,
-        static_cast<A*>(grads));
+        static_cast<const G*>(grad_out), tokens, level_info, pad, rows, levels, out_dim, static_cast<A*>(grads));
     return cudaGetLastError();
   });
 }
@@ -182,6 +213,7 @@ cudaError_t launch_scatter_concat(DType grad_type, const void* grad_x, const int
                                   cudaStream_t stream) {
   const int64_t segments = rows * levels;
   if (segments == 0) return cudaSuccess;
+  if (row_blocks(segments) > kMaxGridX) return cudaErrorInvalidConfiguration;
   return dispatch(grad_type, [&](auto* tag) {
     using G = std::remove_pointer_t<decltype(tag)>;
     using A = typename Acc<G>::type;

@@ -83,13 +83,17 @@ def test_gather_path_spans_several_chunks():
     assert_close_all(run(token_merge, *args, 0), run(reference.token_merge, *args, 0), rtol=1e-4, atol=1e-4)
 
 
-def test_sid_blocks_at_the_end_of_a_large_vocabulary():
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sid_blocks_at_the_end_of_a_large_vocabulary(device):
     # An LLM vocabulary extended with SID tokens: each level uses its own block of 16 ids near the end, so
     # the projected table covers only those rows; one level is entirely padding (an empty span).
     V, K = 3000, 16
-    tokens, E, W, b = make_inputs(2, 30, 4, V, 8, 6, seed=13)
+    tokens, E, W, b = make_inputs(2, 30, 4, V, 8, 6, seed=13, device=device)
     codes = torch.randint(0, K, (2, 30, 4), generator=torch.Generator().manual_seed(13))
-    tokens = V - 3 * K + K * torch.arange(4) + codes
+    tokens = (V - 3 * K + K * torch.arange(4) + codes).to(device)
     tokens[..., 3] = 0  # the 4th level is all pad
     tokens[0, :5] = 0
     assert_close_all(run(token_merge, tokens, E, W, b, 0), run(reference.token_merge, tokens, E, W, b, 0),
@@ -309,3 +313,15 @@ def test_cuda_opcheck_and_bad_token():
     torch.library.opcheck(OP, (tokens, E, W, b, 0))
     with pytest.raises(IndexError, match=r"sid_tokens\[0, 0, 0\] = 7 is outside \[0, 7\)"):
         token_merge(torch.full((1, 1, 3), 7, device="cuda"), E, W, b)
+
+
+@requires_cuda
+def test_cuda_backward_is_flagged_nondeterministic():
+    tokens, E, W, b = make_inputs(2, 30, 3, 10, 8, 6, device="cuda", seed=15)
+    out = token_merge(tokens, E, W, b)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="token_merge_backward"):
+            out.sum().backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
