@@ -1,0 +1,197 @@
+"""GenRecModel: a Hugging Face Qwen2 decoder over the SID vocabulary, with the Token Merger on the prompt.
+
+Sequence layout of one example (right-padded in a batch; positions 0..S-1):
+
+    with the Token Merger:  <bos> h_1 ... h_N <sep> y_1 ... y_T        (N + 2 prompt positions)
+    without ("w/o TM"):     <bos> s_1^1 .. s_1^L ... s_N^L <sep> y_1 ... y_T   (L*N + 2 prompt positions)
+
+``h_i = Linear(Concat(e(s_i^1..s_i^L)))`` (paper eq. 5, ``genrec::token_merge``) uses the decoder's own
+input embedding table, so prompt and decoding share one set of SID embeddings; specials are never merged.
+The loss is the cross-entropy of every target token y_t given the prompt and y_<t (eq. 4); prompt positions
+carry no loss. Logits are computed only at the supervised positions and only over our token block of the
+(possibly extended) vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from ..nn import TokenMerger
+from ..sid import SIDVocab
+from ..sid.vocab import BOS, PAD, SEP
+from ..train.batching import SFTBatch
+from .config import ModelConfig
+
+FORMAT = "genrec-model/1"
+META_FILE = "genrec.json"
+MERGER_FILE = "token_merger.safetensors"
+
+
+@dataclass
+class SFTOutput:
+    loss: Tensor  # mean cross-entropy over the supervised target tokens
+    num_target_tokens: int
+    num_input_positions: int
+
+
+@dataclass
+class Layout:
+    """A batch laid out as decoder inputs (see the module docstring)."""
+
+    inputs_embeds: Tensor  # [B, S, H]
+    attention_mask: Tensor  # [B, S] bool
+    prompt_len: Tensor  # [B] prompt positions per example
+    label_mask: Tensor  # [B, S] bool: positions whose next token is a target token
+    labels: Tensor  # [num supervised positions] our token ids, in label_mask order
+
+
+class GenRecModel(nn.Module):
+    def __init__(self, config: ModelConfig, vocab: SIDVocab, backbone: Qwen2ForCausalLM, token_offset: int = 0):
+        super().__init__()
+        self.config, self.vocab, self.backbone, self.token_offset = config, vocab, backbone, token_offset
+        embedding = backbone.get_input_embeddings()
+        if embedding.num_embeddings < token_offset + vocab.size:
+            raise ValueError(f"backbone vocabulary {embedding.num_embeddings} is smaller than the SID vocabulary "
+                             f"({vocab.size} tokens at offset {token_offset})")
+        hidden = backbone.config.hidden_size
+        self.merger = (TokenMerger(embedding.num_embeddings, hidden, vocab.levels, hidden,
+                                   pad_id=token_offset + PAD, embedding=embedding) if config.token_merger else None)
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: ModelConfig, vocab: SIDVocab, *, seed: int = 0) -> GenRecModel:
+        """A fresh model from ``config`` (random init, seeded), or from ``config.checkpoint``'s weights."""
+        torch.manual_seed(seed)
+        if config.checkpoint:
+            backbone = Qwen2ForCausalLM.from_pretrained(config.checkpoint, attn_implementation="sdpa")
+            offset = backbone.get_input_embeddings().num_embeddings
+            backbone.resize_token_embeddings(offset + vocab.size)
+            h = backbone.config
+            config = ModelConfig(h.hidden_size, h.num_hidden_layers, h.num_attention_heads, h.num_key_value_heads,
+                                 h.intermediate_size, h.max_position_embeddings, getattr(h, "rope_theta", 1e4),
+                                 h.tie_word_embeddings, config.token_merger, config.checkpoint)
+            return cls(config, vocab, backbone, offset)
+        hf = Qwen2Config(
+            vocab_size=vocab.size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+            num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+            intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
+            rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
+            bos_token_id=BOS, eos_token_id=2, pad_token_id=PAD,
+        )
+        hf._attn_implementation = "sdpa"
+        return cls(config, vocab, Qwen2ForCausalLM(hf))
+
+    # ---- forward -----------------------------------------------------------------------------------
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        return self.backbone.get_input_embeddings()(tokens + self.token_offset)
+
+    def prompt_items(self, batch: SFTBatch) -> tuple[Tensor, Tensor]:
+        """History as prompt vectors ``[B, P_items, H]`` and the number of them per example."""
+        if self.merger is not None:
+            return self.merger(batch.history + self.token_offset), batch.history_len
+        b, n, levels = batch.history.shape
+        return self.embed_tokens(batch.history.reshape(b, n * levels)), batch.history_len * levels
+
+    def layout(self, batch: SFTBatch) -> Layout:
+        items, n_items = self.prompt_items(batch)
+        bsz, width, hidden = items.shape
+        device = items.device
+        prompt_len = n_items + 2
+        target_len = batch.target_len
+        seq_len = prompt_len + target_len
+        j = torch.arange(int(seq_len.max()), device=device)[None]  # [1, S]
+        is_item = (j >= 1) & (j <= n_items[:, None])
+        is_target = (j >= prompt_len[:, None]) & (j < seq_len[:, None])
+        item_part = items.gather(1, (j - 1).clamp(0, width - 1).expand(bsz, -1)[..., None].expand(-1, -1, hidden))
+        target_tokens = batch.target.gather(1, (j - prompt_len[:, None]).clamp(0, batch.target.shape[1] - 1))
+        tokens = torch.where(j == 0, BOS, torch.where(j == prompt_len[:, None] - 1, SEP,
+                                                       torch.where(is_target, target_tokens, PAD)))
+        inputs = torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
+        # Position p predicts the token at p + 1: the <sep> predicts y_1, y_t predicts y_{t+1}.
+        label_mask = (j >= prompt_len[:, None] - 1) & (j < seq_len[:, None] - 1)
+        labels = batch.target.gather(1, (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1))[label_mask]
+        return Layout(inputs, j < seq_len[:, None], prompt_len, label_mask, labels)
+
+    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
+        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
+        return out.last_hidden_state
+
+    def token_logits(self, hidden: Tensor) -> Tensor:
+        """Logits over our vocabulary block only: ``[..., vocab.size]``."""
+        head = self.backbone.get_output_embeddings()
+        weight = head.weight[self.token_offset : self.token_offset + self.vocab.size]
+        bias = None if head.bias is None else head.bias[self.token_offset : self.token_offset + self.vocab.size]
+        return F.linear(hidden, weight, bias)
+
+    def forward(self, batch: SFTBatch) -> SFTOutput:
+        lay = self.layout(batch)
+        hidden = self.hidden_states(lay.inputs_embeds, lay.attention_mask)
+        logits = self.token_logits(hidden[lay.label_mask])
+        loss = F.cross_entropy(logits.float(), lay.labels)
+        return SFTOutput(loss, int(lay.labels.numel()), int(lay.attention_mask.sum()))
+
+    # ---- persistence -------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Hugging Face layout (config.json + model.safetensors) plus ``genrec.json`` and the merger weights;
+        the directory is replaced atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            self.backbone.save_pretrained(tmp)
+            if self.merger is not None:
+                save_file({k: v.detach().contiguous().cpu() for k, v in self.merger.proj.state_dict().items()},
+                          tmp / MERGER_FILE)
+            meta = {"format": FORMAT, "model": self.config.to_dict(), "level_sizes": list(self.vocab.level_sizes),
+                    "token_offset": self.token_offset}
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            if directory.exists():
+                old = directory.with_name(directory.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> GenRecModel:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} is not a GenRec model directory (missing {META_FILE})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        config = ModelConfig(**meta["model"])
+        backbone = Qwen2ForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
+        model = cls(config, SIDVocab(tuple(meta["level_sizes"])), backbone, meta["token_offset"])
+        if model.merger is not None:
+            model.merger.proj.load_state_dict(load_file(directory / MERGER_FILE))
+        return model
+
+
+def build_model(preset: str | Path | ModelConfig = "tiny", vocab: SIDVocab | None = None, *,
+                token_merger: bool | None = None, seed: int = 0) -> GenRecModel:
+    """A fresh GenRec model: ``preset`` is a preset name, a YAML path or a :class:`ModelConfig`."""
+    if vocab is None:
+        raise ValueError("build_model needs the SID vocabulary (SIDVocab(table.level_sizes))")
+    config = preset if isinstance(preset, ModelConfig) else ModelConfig.load(preset)
+    if token_merger is not None:
+        config = ModelConfig(**{**config.to_dict(), "token_merger": token_merger})
+    return GenRecModel.build(config, vocab, seed=seed)

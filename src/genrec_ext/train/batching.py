@@ -1,0 +1,120 @@
+"""SFT examples and batches: page samples + SIDs -> token tensors for the GenRec model.
+
+Objectives (paper §2.2):
+* ``"page"`` (PW-NTP, eq. 4): the target is the whole page, ordered -> clicked -> exposed, each item as its
+  L SID tokens, then ``<eos>``. One example per page sample.
+* ``"point"`` (vanilla NTP, the LC-Rec/TIGER way): one example per positive item (D+) of a page, target =
+  that item's L SID tokens. Several examples then share one history: the one-to-many ambiguity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import ItemCatalog, PageSamples
+from ..sid import SIDTable, SIDVocab
+from ..sid.vocab import EOS, PAD
+
+Objective = Literal["page", "point"]
+
+
+@dataclass
+class SFTBatch:
+    """Right-padded token tensors (int64). ``history[b, :history_len[b]]`` are the L tokens of each history
+    item, oldest first; ``target[b, :target_len[b]]`` the tokens to predict (``<eos>`` included in page mode)."""
+
+    history: Tensor  # [B, N, L], PAD beyond history_len
+    history_len: Tensor  # [B]
+    target: Tensor  # [B, T], PAD beyond target_len
+    target_len: Tensor  # [B]
+
+    def to(self, device) -> SFTBatch:
+        return SFTBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+    def __len__(self) -> int:
+        return self.history.shape[0]
+
+
+def sid_codes_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
+    """The SID of every catalogue item, ``[I, L]`` in catalogue order; an item without a SID is an error
+    naming it (the table was built on another catalogue)."""
+    position = {item_id: i for i, item_id in enumerate(table.item_ids)}
+    keys = [str(i) if isinstance(i, (np.str_, str)) else i for i in catalog.ids.tolist()]
+    rows = np.array([position.get(k, position.get(str(k), -1)) for k in keys], dtype=np.int64)
+    missing = np.flatnonzero(rows < 0)
+    if len(missing):
+        named = ", ".join(repr(keys[i]) for i in missing[:5])
+        raise ValueError(f"{len(missing)} catalogue items have no SID in the SID table ({len(table)} items), "
+                         f"e.g. {named}: rebuild the SIDs for this catalogue (genrec sid build)")
+    return table.codes[rows]
+
+
+class SFTDataset(torch.utils.data.Dataset):
+    """Examples for one objective over page samples. ``dataset[i]`` -> (history tokens [n, L], target tokens)."""
+
+    def __init__(self, samples: PageSamples, codes: np.ndarray, vocab: SIDVocab, objective: Objective = "page",
+                 max_history: int | None = None) -> None:
+        if objective not in ("page", "point"):
+            raise ValueError(f"objective must be 'page' or 'point', got {objective!r}")
+        if len(codes) != samples.num_items:
+            raise ValueError(f"SID codes cover {len(codes)} items but the samples index {samples.num_items}")
+        self.samples, self.vocab, self.objective, self.max_history = samples, vocab, objective, max_history
+        self.tokens = vocab.tokens(codes).numpy()  # [I, L] token ids of every item
+        if objective == "page":
+            lengths = samples.target.end - samples.target.start
+            if (lengths == 0).any():
+                raise ValueError(f"{int((lengths == 0).sum())} samples have an empty page; build samples without them")
+            self.example_sample = np.arange(len(samples))
+            self.example_item = None
+        else:  # one example per positive item
+            counts = samples.positives.end - samples.positives.start
+            self.example_sample = np.repeat(np.arange(len(samples)), counts)
+            first = np.repeat(samples.positives.start - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+            self.example_item = samples.positives.values[first + np.arange(counts.sum())]
+
+    def __len__(self) -> int:
+        return len(self.example_sample)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s = int(self.example_sample[i])
+        history = self.samples.history[s]
+        if self.max_history is not None:
+            history = history[len(history) - self.max_history:] if len(history) > self.max_history else history
+        if self.objective == "page":
+            target = np.concatenate([self.tokens[self.samples.target[s]].reshape(-1), [EOS]])
+        else:
+            target = self.tokens[self.example_item[i]]
+        return self.tokens[history], target
+
+    def target_tokens(self) -> int:
+        """Total number of supervised tokens (for a unigram baseline or throughput)."""
+        per_item = self.vocab.levels
+        if self.objective == "point":
+            return len(self) * per_item
+        lengths = self.samples.target.end - self.samples.target.start
+        return int(lengths.sum()) * per_item + len(self)
+
+
+def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> SFTBatch:
+    levels = examples[0][0].shape[1] if examples[0][0].ndim == 2 else 1
+    n = max(1, max(len(h) for h, _ in examples))
+    t = max(len(y) for _, y in examples)
+    history = torch.full((len(examples), n, levels), PAD, dtype=torch.int64)
+    target = torch.full((len(examples), t), PAD, dtype=torch.int64)
+    for b, (h, y) in enumerate(examples):
+        history[b, : len(h)] = torch.from_numpy(np.asarray(h, dtype=np.int64))
+        target[b, : len(y)] = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    return SFTBatch(history, torch.tensor([len(h) for h, _ in examples]), target,
+                    torch.tensor([len(y) for _, y in examples]))
+
+
+def make_sft_dataset(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, objective: Objective = "page",
+                     max_history: int | None = None) -> SFTDataset:
+    """Examples of ``objective`` for ``samples`` (items are dense indices of ``catalog``)."""
+    return SFTDataset(samples, sid_codes_for(catalog, table), SIDVocab(tuple(table.level_sizes)), objective,
+                      max_history)
