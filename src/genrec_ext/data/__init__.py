@@ -39,12 +39,13 @@ from .samples import (
     build_page_samples,
     time_split,
 )
+from .sources import load_splits
 from .synthetic import SyntheticConfig, SyntheticData, generate_synthetic
 
 __all__ = [
     "ACTIONS", "CLICK", "EXPOSE", "ORDER", "REQUIRED_COLUMNS", "SKIP_REASONS",
     "BuildReport", "InteractionLog", "ItemCatalog", "PageSamples", "Ragged", "Sample", "SampleStats", "Skipped",
     "Splits", "SyntheticConfig", "SyntheticData", "UnknownItemError",
-    "action_codes", "build_page_samples", "generate_synthetic", "load_lcrec", "load_lcrec_catalog",
+    "action_codes", "build_page_samples", "generate_synthetic", "load_lcrec", "load_lcrec_catalog", "load_splits",
     "read_log_table", "read_logs", "time_split",
 ]
