@@ -53,3 +53,31 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_commands = [line for line in re.findall(r"```bash\n(.*?)```", readme, re.S) if "pytest" in line]
     assert len(test_commands) == 1, "README must show exactly one test command"
     assert test_commands[0].strip() in ci
+
+
+@pytest.fixture(scope="module")
+def demo_outputs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_train_sft_cli_trains_saves_and_checks_the_vocabulary(demo_outputs, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "sft", "--data", str(demo_outputs / "data"), "--sids", str(demo_outputs / "sids"),
+            "--out", str(run), "--steps", "3", "--batch-size", "8", "--quiet"]
+    assert main(args) == 0
+    assert "finished step 3/3" in capsys.readouterr().out
+    assert (run / "model" / "genrec.json").exists() and (run / "metrics.jsonl").exists()
+    # Point-wise with the w/o-TM ablation from the same command line.
+    assert main(args[:6] + ["--out", str(tmp_path / "point"), "--objective", "point", "--no-token-merger",
+                             "--steps", "2", "--batch-size", "8", "--quiet"]) == 0
+    # A model from another SID vocabulary is refused by name.
+    from genrec_ext.model import build_model
+    from genrec_ext.sid import SIDVocab
+
+    build_model("tiny", SIDVocab((8, 8, 8))).save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match=r"trained on SID levels \[8, 8, 8\], but .* has \[64, 64, 64\]"):
+        main(args[:6] + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "other"), "--steps", "1", "--quiet"])
+    assert main(["train", "plot", f"page={run}", f"point={tmp_path / 'point'}", "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -47,6 +47,50 @@ def _cmd_sid_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_sft(args: argparse.Namespace) -> int:
+    import yaml
+
+    from genrec_ext.data import load_splits
+    from genrec_ext.model import GenRecModel, ModelConfig, build_model
+    from genrec_ext.sid import SIDTable, SIDVocab
+    from genrec_ext.train import make_sft_dataset
+    from genrec_ext.train.sft import SFTConfig, train_sft
+
+    table = SIDTable.load(args.sids)
+    catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=args.page_size,
+                                  progress=not args.quiet)
+    dataset = make_sft_dataset(splits.train, catalog, table, args.objective, max_history=args.max_history)
+    vocab = SIDVocab(tuple(table.level_sizes))
+    if args.init:
+        model = GenRecModel.from_pretrained(args.init)
+        if model.vocab != vocab:
+            raise SystemExit(f"--init {args.init} was trained on SID levels {list(model.vocab.level_sizes)}, but "
+                             f"--sids {args.sids} has {list(vocab.level_sizes)}: use a model of this vocabulary")
+    else:
+        overrides = {"token_merger": False} if args.no_token_merger else {}
+        model = build_model(ModelConfig.load(args.config, **overrides), vocab, seed=args.seed)
+    values = yaml.safe_load(open(args.train_config)) if args.train_config else {}
+    flags = {"out_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "global_batch_size": args.batch_size,
+             "grad_accum": args.grad_accum, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
+             "seed": args.seed, "bf16": args.bf16, "tensorboard": args.tensorboard or None, "overwrite": args.overwrite or None}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    config = SFTConfig.from_dict(values)
+    print(f"{len(dataset):,} {args.objective}-wise examples from {len(splits.train):,} training pages; model "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters, Token Merger "
+          f"{'on' if model.merger is not None else 'off'}")
+    result = train_sft(model, dataset, config, resume=args.resume, progress=not args.quiet)
+    print(f"finished step {result.step}/{result.total_steps}; outputs in {args.out}")
+    return 0
+
+
+def _cmd_train_plot(args: argparse.Namespace) -> int:
+    from genrec_ext.train.metrics import plot_loss_curves
+
+    runs = dict(run.split("=", 1) if "=" in run else (run, run) for run in args.runs)
+    print(plot_loss_curves(runs, args.out, smooth=args.smooth, x=args.x))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrec", description="GenRec: page-wise generative recommendation with fused PyTorch ops."
@@ -80,6 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (replaced atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_sid_build)
+
+    train = sub.add_parser("train", help="training").add_subparsers(dest="train_command", metavar="SUBCOMMAND",
+                                                                    required=True)
+    p = train.add_parser("sft", help="page-wise (PW-NTP) or point-wise (NTP) SFT; launch with torchrun for DDP")
+    p.add_argument("--config", default="tiny", help="model preset (tiny, small, base) or YAML file")
+    p.add_argument("--data", required=True, help="dataset directory: logs.parquet + items.parquet, or LC-Rec JSON")
+    p.add_argument("--sids", required=True, help="SID table directory (genrec sid build)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, loss.png, model/")
+    p.add_argument("--objective", choices=["page", "point"], default="page")
+    p.add_argument("--no-token-merger", action="store_true", help="ablation: L prompt tokens per history item")
+    p.add_argument("--init", help="start from a saved GenRec model directory instead of --config")
+    p.add_argument("--train-config", help="YAML file of SFTConfig fields (flags override it)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the data)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int, help="global batch: examples per optimizer step")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--tensorboard", action="store_true")
+    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--page-size", type=int, default=1, help="LC-Rec data: items per training page")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that has checkpoints")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_sft)
+    p = train.add_parser("plot", help="overlay loss curves of runs (e.g. PW-NTP vs NTP)")
+    p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (or RUN_DIR)")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--x", default="step", help="x axis: step, examples, epoch or elapsed")
+    p.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1)")
+    p.set_defaults(func=_cmd_train_plot)
     return parser
 
 
