@@ -106,7 +106,6 @@ def main() -> None:
                     )
                     results.append(row)
                     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-                del E, W, b, grad, x_cat, tokens
     columns = ["V", "tokens", "d", "rows", "mode", "ours_ms", "eager_ms", "compile_ms", "gemm_ms",
                "x_eager", "x_compile", "gemm_over_ours"]
     note = (f"{machine_description(device)}, {args.dtype}, L={args.levels}, d_out=d. x_eager / x_compile = "

@@ -10,9 +10,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from genrec_ext import data
 from genrec_ext.model import GenRecModel, ModelConfig, build_model
 from genrec_ext.ops import reference
-from genrec_ext.sid import RQKMeansConfig, SIDTable, SIDVocab, build_sid_table, train_rq_kmeans
-from genrec_ext.sid.vocab import BOS, EOS, PAD, SEP
-from genrec_ext.train import SFTBatch, collate, make_sft_dataset
+from genrec_ext.sid import RQKMeansConfig, SIDTable, build_sid_table, train_rq_kmeans
+from genrec_ext.sid.vocab import BOS, EOS, SEP
+from genrec_ext.train import collate, make_sft_dataset
 
 
 @pytest.fixture(scope="module")

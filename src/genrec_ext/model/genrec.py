@@ -142,17 +142,22 @@ class GenRecModel(nn.Module):
         return SFTOutput(loss, int(lay.labels.numel()), int(lay.attention_mask.sum()))
 
     # ---- persistence -------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
         """Hugging Face layout (config.json + model.safetensors) plus ``genrec.json`` and the merger weights;
-        the directory is replaced atomically."""
+        the directory is replaced atomically. ``state_dict`` (this module's keys) overrides the live weights,
+        e.g. the full weights gathered from an FSDP-sharded model."""
+        if state_dict is not None:
+            backbone_state = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+            merger_state = {k[len("merger.proj."):]: v for k, v in state_dict.items() if k.startswith("merger.proj.")}
+        else:
+            backbone_state, merger_state = None, (self.merger.proj.state_dict() if self.merger is not None else {})
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         try:
-            self.backbone.save_pretrained(tmp)
+            self.backbone.save_pretrained(tmp, state_dict=backbone_state)
             if self.merger is not None:
-                save_file({k: v.detach().contiguous().cpu() for k, v in self.merger.proj.state_dict().items()},
-                          tmp / MERGER_FILE)
+                save_file({k: v.detach().contiguous().cpu() for k, v in merger_state.items()}, tmp / MERGER_FILE)
             meta = {"format": FORMAT, "model": self.config.to_dict(), "level_sizes": list(self.vocab.level_sizes),
                     "token_offset": self.token_offset}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

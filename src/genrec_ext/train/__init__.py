@@ -1,5 +1,11 @@
 """Training: SFT batches (page-wise or point-wise NTP) and the training loop."""
 
 from .batching import SFTBatch, SFTDataset, collate, make_sft_dataset, sid_codes_for
+from .checkpoint import VocabularyMismatchError
+from .metrics import plot_loss_curves, read_metrics
+from .sft import SFTConfig, TrainResult, train_sft
 
-__all__ = ["SFTBatch", "SFTDataset", "collate", "make_sft_dataset", "sid_codes_for"]
+__all__ = [
+    "SFTBatch", "SFTConfig", "SFTDataset", "TrainResult", "VocabularyMismatchError", "collate", "make_sft_dataset",
+    "plot_loss_curves", "read_metrics", "sid_codes_for", "train_sft",
+]

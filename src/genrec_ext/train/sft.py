@@ -1,0 +1,514 @@
+"""Supervised fine-tuning (page-wise PW-NTP or point-wise NTP, eq. 4) of a GenRec model: our own loop.
+
+    result = train_sft(model, dataset, SFTConfig(out_dir="runs/sft", global_batch_size=256, epochs=3))
+
+What one optimiser step is
+    ``global_batch_size`` examples (summed over ranks and accumulation micro-batches), taken in order from a
+    seeded permutation of the dataset that is fixed per epoch (``SeedSequence([seed, epoch])``). The batch of
+    step ``s`` is a pure function of ``(seed, s)``: a resumed run consumes exactly the batches the
+    uninterrupted run would, and any world size / accumulation split of the same global batch sees the same
+    examples. A trailing partial batch of an epoch is dropped (the next epoch's permutation differs).
+
+The loss
+    The model returns the mean cross-entropy over its micro-batch's target tokens. Each micro-batch's loss is
+    weighted by its share of the *global* batch's target tokens (counted up front and all-reduced), so the
+    gradient is that of the token-mean over the whole global batch however it is split: 1 step of 8 examples
+    equals 2 accumulated micro-batches of 4 equals 2 DDP ranks x 4 (up to float summation order).
+
+Optimiser, schedule
+    AdamW (no weight decay on biases and norm weights, i.e. tensors with < 2 dims), linear warm-up over
+    ``ceil(warmup_ratio * total_steps)`` steps then cosine decay (paper §3.1: 1% warm-up), gradient
+    clipping by global norm, bf16 autocast on CUDA when supported (CPU: opt-in via ``bf16=True``).
+
+Scale-out
+    ``torchrun --nproc_per_node N ...`` -> DDP (gloo on CPU, nccl on CUDA); ``parallel="fsdp"`` shards with
+    FSDP2 (see :mod:`.distributed`). Without torchrun it is one plain process. Rank 0 alone logs and writes
+    checkpoints (gathered to full, unsharded state dicts), metrics and the final model.
+
+Outputs under ``out_dir``
+    ``config.json``, ``metrics.jsonl`` (one record per log step), ``loss.png``, ``checkpoints/step_*.pt``
+    (every ``checkpoint_every`` steps and at the end, written atomically, the newest ``keep_checkpoints``
+    kept), ``model/`` (``save_pretrained``), ``tb/`` with ``tensorboard=True`` and the package installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .batching import SFTBatch, collate
+from .metrics import METRICS_FILE, MetricsLogger, plot_loss_curves, truncate_metrics
+from .schedule import WarmupCosine, warmup_cosine_scheduler
+
+CONFIG_FILE = "config.json"
+MODEL_DIR = "model"
+PLOT_FILE = "loss.png"
+
+#: fields that fix which examples each step sees; a resumed run must keep them.
+_DATA_ORDER_FIELDS = ("global_batch_size", "seed")
+
+
+@dataclass
+class SFTConfig:
+    """Everything about an SFT run except the model and the data (YAML presets map onto these fields)."""
+
+    out_dir: str = "runs/sft"
+    # optimiser
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
+    # batch and length of training
+    global_batch_size: int = 64  # examples per optimiser step, summed over ranks and accumulation steps
+    grad_accum: int = 1  # micro-batches per optimiser step on each rank
+    max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
+    epochs: float = 1.0
+    # schedule (paper §3.1: linear warm-up over the first 1% of steps, then cosine decay)
+    warmup_ratio: float = 0.01
+    min_lr_ratio: float = 0.0  # the cosine's floor, as a fraction of lr
+    # numerics and placement
+    bf16: bool | None = None  # autocast to bf16; None = on for CUDA devices that support it, off on CPU
+    device: str = "auto"  # "auto" | "cpu" | "cuda" (the local rank picks the GPU)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # used when launched with more than one process
+    find_unused_parameters: bool = False  # DDP flag, for models with parameters a batch may not use
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 10
+    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only the final one
+    keep_checkpoints: int = 2  # newest N kept; 0 keeps all
+    num_workers: int = 0  # DataLoader worker processes per rank
+    tensorboard: bool = False  # also write TensorBoard scalars (if the package is installed)
+    plot: bool = True  # write loss.png at the end
+    overwrite: bool = False  # a fresh run (resume=False) may replace an out_dir that holds checkpoints
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers, got {self.betas}")
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
+            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
+            (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
+            (self.parallel in ("ddp", "fsdp"), f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SFTConfig:
+        """From a YAML/JSON mapping; an unknown key is an error naming it and the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown SFTConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimiser steps done (== total_steps when the run finished)
+    total_steps: int
+    epoch: float  # steps / steps_per_epoch
+    loss: float | None  # the last logged training loss (token-mean over the last log window)
+    out_dir: Path
+    model_dir: Path | None  # save_pretrained output (rank 0)
+    checkpoint: Path | None  # the newest checkpoint
+    metrics_path: Path
+    plot_path: Path | None
+    elapsed: float  # seconds of training, resumed runs included
+    resumed_from: int | None = None  # the step of the checkpoint this run resumed from
+    history: list[dict[str, Any]] = field(default_factory=list)  # the records this run logged (rank 0)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is cut: ``global_batch_size = world_size * grad_accum * micro_batch_size``."""
+
+    dataset_size: int
+    global_batch_size: int
+    world_size: int
+    grad_accum: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.global_batch_size // (self.world_size * self.grad_accum)
+
+    @classmethod
+    def make(cls, dataset_size: int, config: SFTConfig, world_size: int) -> BatchPlan:
+        g, a = config.global_batch_size, config.grad_accum
+        if g % (world_size * a):
+            raise ValueError(f"global_batch_size={g} must be divisible by world_size x grad_accum = "
+                             f"{world_size} x {a} = {world_size * a}")
+        if dataset_size < g:
+            raise ValueError(f"the dataset has {dataset_size} examples, fewer than one global batch "
+                             f"(global_batch_size={g})")
+        per_epoch = dataset_size // g
+        total = config.max_steps if config.max_steps is not None else max(1, math.ceil(config.epochs * per_epoch))
+        return cls(dataset_size, g, world_size, a, per_epoch, total)
+
+
+def epoch_order(dataset_size: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of ``epoch``: a permutation seeded by ``(seed, epoch)`` only."""
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(dataset_size)
+
+
+def global_batch_indices(plan: BatchPlan, seed: int, step: int) -> np.ndarray:
+    """The dataset indices of optimiser step ``step`` (0-based), in order."""
+    epoch, pos = divmod(step, plan.steps_per_epoch)
+    g = plan.global_batch_size
+    return epoch_order(plan.dataset_size, seed, epoch)[pos * g:(pos + 1) * g]
+
+
+class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """This rank's micro-batches for steps ``start_step .. total_steps - 1``: rank r takes the r-th contiguous
+    slice of each global batch and cuts it into ``grad_accum`` micro-batches."""
+
+    def __init__(self, plan: BatchPlan, seed: int, rank: int, start_step: int = 0) -> None:
+        self.plan, self.seed, self.rank, self.start_step = plan, seed, rank, start_step
+
+    def __len__(self) -> int:
+        return max(0, self.plan.total_steps - self.start_step) * self.plan.grad_accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        plan, m = self.plan, self.plan.micro_batch_size
+        per_rank = plan.global_batch_size // plan.world_size
+        cached_epoch, order = -1, None
+        for step in range(self.start_step, plan.total_steps):
+            epoch, pos = divmod(step, plan.steps_per_epoch)
+            if epoch != cached_epoch:
+                cached_epoch, order = epoch, epoch_order(plan.dataset_size, self.seed, epoch)
+            start = pos * plan.global_batch_size + self.rank * per_rank
+            mine = order[start:start + per_rank]
+            for a in range(plan.grad_accum):
+                yield mine[a * m:(a + 1) * m].tolist()
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _use_bf16(config: SFTConfig, device: torch.device) -> bool:
+    if config.bf16 is None:
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if config.bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"bf16=True but {torch.cuda.get_device_name(device)} does not support bf16")
+    return bool(config.bf16)
+
+
+def _vocab_level_sizes(model: nn.Module) -> list[int]:
+    vocab = getattr(model, "vocab", None)
+    if vocab is None:
+        raise TypeError(f"{type(model).__name__} has no .vocab (SIDVocab); train_sft needs a GenRec model")
+    return [int(k) for k in vocab.level_sizes]
+
+
+def _save_model(model: nn.Module, directory: Path, state_dict: dict | None) -> Path:
+    """``model.save_pretrained(directory)`` (atomic); under FSDP with the gathered full ``state_dict``."""
+    model.save_pretrained(directory, state_dict=state_dict)
+    return directory
+
+
+def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Rank 0: refuse to silently mix a fresh run into an old run's checkpoints."""
+    ck_dir = out / ckpt.CHECKPOINT_DIR
+    if not resume and ckpt.list_checkpoints(ck_dir):
+        if not overwrite:
+            raise FileExistsError(f"{out} already holds checkpoints of a run ({ck_dir}); pass resume=True to "
+                                  f"continue it, or overwrite=True / a fresh out_dir to start over")
+        shutil.rmtree(ck_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ck_dir.mkdir(exist_ok=True)
+    ckpt.remove_stale_temporaries(ck_dir)
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+def train_sft(model: nn.Module, dataset: torch.utils.data.Dataset, config: SFTConfig | None = None, *,
+              resume: bool = False, progress: bool = True,
+              callback: Callable[[int, dict[str, Any] | None], None] | None = None) -> TrainResult:
+    """Train ``model`` (a GenRecModel: ``forward(SFTBatch) -> SFTOutput``) on ``dataset`` (an SFTDataset).
+
+    ``resume=True`` continues from the newest checkpoint in ``config.out_dir`` (model, optimiser, scheduler,
+    RNG states, step; the data position follows from the step) or starts fresh when there is none; the model's
+    SID vocabulary must match the checkpoint's. ``callback(step, record)`` runs on every rank after each
+    optimiser step (``record`` is the logged metrics on log steps, else ``None``). Returns a
+    :class:`TrainResult`; the final model is in ``<out_dir>/model`` (``save_pretrained``)."""
+    config = config or SFTConfig()
+    info = D.init_distributed(config.device)
+    try:
+        with _hf_progress_bars(progress and info.is_main):
+            return _train(model, dataset, config, info, resume=resume, progress=progress, callback=callback)
+    finally:
+        D.cleanup(info)
+
+
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool):
+    """Silence transformers' own bars (e.g. "Writing model shards") when ours are off."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool, progress: bool,
+           callback) -> TrainResult:
+    out = Path(config.out_dir)
+    plan = BatchPlan.make(len(dataset), config, info.world_size)
+    level_sizes = _vocab_level_sizes(model)
+    data_vocab = getattr(dataset, "vocab", None)
+    if data_vocab is not None and [int(k) for k in data_vocab.level_sizes] != level_sizes:
+        raise ValueError(f"the dataset's SID vocabulary has level_sizes {list(data_vocab.level_sizes)} but the "
+                         f"model's has {level_sizes}: build both from the same SID table")
+    device = info.device
+    use_bf16 = _use_bf16(config, device)
+
+    # ---- output directory and the checkpoint to resume from (rank 0 decides, everyone follows)
+    decision: dict[str, Any] = {}
+    if info.is_main:
+        try:
+            _prepare_out_dir(out, resume, config.overwrite)
+            latest = ckpt.latest_checkpoint(out / ckpt.CHECKPOINT_DIR) if resume else None
+            decision = {"resume_path": str(latest) if latest else None}
+        except Exception as exc:  # tell the other ranks instead of leaving them in the next collective
+            decision = {"error": exc}
+    decision = D.broadcast_object(decision, info)
+    if "error" in decision:
+        raise decision["error"]
+    resume_path = Path(decision["resume_path"]) if decision["resume_path"] else None
+
+    state = None
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(resume_path)
+        ckpt.check_vocabulary(state, level_sizes, resume_path)
+        saved_cfg = state.get("config", {})
+        for name in _DATA_ORDER_FIELDS:
+            if name in saved_cfg and saved_cfg[name] != getattr(config, name):
+                raise ValueError(f"cannot resume from {resume_path}: it was trained with {name}="
+                                 f"{saved_cfg[name]!r} but this run has {name}={getattr(config, name)!r} "
+                                 f"(the data order depends on it)")
+        if state.get("dataset_size") != plan.dataset_size:
+            raise ValueError(f"cannot resume from {resume_path}: it was trained on {state.get('dataset_size')} "
+                             f"examples but this dataset has {plan.dataset_size}")
+
+    _seed_everything(config.seed + info.rank)
+    model.to(device)
+    if state is not None:  # into the whole module, before DDP/FSDP wrap it (tied weights load as one)
+        model.load_state_dict(state["model"])
+    raw_model = model
+    model = D.wrap_model(model, info, config.parallel, find_unused_parameters=config.find_unused_parameters)
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+                                  eps=config.eps)
+    scheduler = warmup_cosine_scheduler(optimizer, plan.total_steps, config.warmup_ratio, config.min_lr_ratio)
+
+    start_step, elapsed_before = 0, 0.0
+    if state is not None:
+        D.load_optimizer_state(model, optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        schedule = WarmupCosine(plan.total_steps, config.warmup_ratio, config.min_lr_ratio)
+        if scheduler.lr_lambdas[0].__dict__ != schedule.__dict__:  # length or shape of the schedule changed
+            warnings.warn(f"resuming {resume_path} with a different schedule ({scheduler.lr_lambdas[0].__dict__} "
+                          f"-> {schedule.__dict__}); the learning rate follows the new one", stacklevel=3)
+            scheduler.lr_lambdas[0] = schedule
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * schedule(scheduler.last_epoch)
+        start_step = int(state["step"])
+        elapsed_before = float(state.get("elapsed", 0.0))
+        rng = state.get("rng") or []
+        if info.rank < len(rng):
+            ckpt.restore_rng_state(rng[info.rank])
+        else:  # more ranks than when saved: a fresh, still deterministic stream per rank
+            _seed_everything(config.seed + info.rank + 1_000_003 * start_step)
+    del state
+
+    if info.is_main:
+        (out / CONFIG_FILE).write_text(json.dumps({
+            "sft": config.to_dict(), "world_size": info.world_size, "device": str(device), "bf16": use_bf16,
+            "dataset_size": plan.dataset_size, "steps_per_epoch": plan.steps_per_epoch,
+            "total_steps": plan.total_steps, "micro_batch_size": plan.micro_batch_size,
+            "vocab_level_sizes": level_sizes, "model_class": type(raw_model).__name__,
+            "resumed_from_step": start_step if resume_path else None}, indent=2) + "\n")
+        if resume_path is not None:
+            truncate_metrics(out / METRICS_FILE, start_step)  # drop what the killed run logged after it
+    logger = MetricsLogger(out, enabled=info.is_main, tensorboard=config.tensorboard,
+                           append=resume_path is not None)
+
+    sampler = StepBatchSampler(plan, config.seed, info.rank, start_step)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        # a private generator: creating the iterator must not draw from the global torch RNG
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext())
+    bar = tqdm(total=plan.total_steps, initial=start_step, desc="sft", unit="step", dynamic_ncols=True,
+               disable=not (progress and info.is_main))
+
+    history: list[dict[str, Any]] = []
+    last_ckpt = ckpt.latest_checkpoint(out / ckpt.CHECKPOINT_DIR) if info.is_main else None
+    last_loss: float | None = None
+    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss*tokens, target tokens, input positions
+    window_start = time.perf_counter()
+    run_start = time.perf_counter()
+    warned_tokens = False
+    batches = iter(loader)
+    model.train()
+    try:
+        for step in range(start_step, plan.total_steps):
+            micro: list[SFTBatch] = [next(batches) for _ in range(plan.grad_accum)]
+            counts = [int(b.target_len.sum()) for b in micro]  # on the CPU tensors: no device sync
+            tokens = torch.tensor([float(sum(counts))], dtype=torch.float64, device=device)
+            global_tokens = D.all_reduce_sum(tokens, info)  # target tokens of the whole global batch
+            for i, (batch, count) in enumerate(zip(micro, counts)):
+                batch = batch.to(device)
+                with D.gradient_sync(model, sync=i == plan.grad_accum - 1):
+                    with autocast:
+                        output = model(batch)
+                    n_tok = int(output.num_target_tokens)
+                    if not warned_tokens and n_tok != count:
+                        warnings.warn(f"model reports {n_tok} target tokens for a micro-batch with "
+                                      f"target_len.sum() = {count}; the loss weighting assumes they agree",
+                                      stacklevel=2)
+                        warned_tokens = True
+                    # token-mean over the global batch; x world_size undoes DDP/FSDP's gradient averaging
+                    weight = (n_tok * info.world_size) / global_tokens.to(torch.float32)
+                    (output.loss.float() * weight).backward()
+                window[0] += output.loss.detach().double() * n_tok
+                window[1] += n_tok
+                window[2] += float(output.num_input_positions)
+            grad_norm = None
+            if config.grad_clip:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            bar.update(1)
+
+            record = None
+            if done % config.log_every == 0 or done == plan.total_steps:
+                stats = D.all_reduce_sum(window.clone(), info).tolist()
+                now = time.perf_counter()
+                seconds = max(now - window_start, 1e-9)
+                last_loss = stats[0] / max(stats[1], 1.0)
+                record = {
+                    "step": done, "loss": last_loss, "lr": lr,
+                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                    "tokens_per_s": stats[2] / seconds, "target_tokens_per_s": stats[1] / seconds,
+                    "examples": done * plan.global_batch_size, "epoch": done / plan.steps_per_epoch,
+                    "elapsed": elapsed_before + (now - run_start),
+                }
+                logger.log(record)
+                if info.is_main:
+                    history.append(record)
+                bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr:.2e}")
+                window.zero_()
+                window_start = time.perf_counter()
+
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == plan.total_steps:
+                path = _checkpoint(model, optimizer, scheduler, config, plan, info, out, done, level_sizes,
+                                   elapsed_before + (time.perf_counter() - run_start), last_loss)
+                last_ckpt = path if info.is_main else None
+            if callback is not None:
+                callback(done, record)
+    finally:
+        bar.close()
+        logger.close()
+    done = plan.total_steps
+    elapsed = elapsed_before + (time.perf_counter() - run_start)
+
+    # ---- the final model (gathered under FSDP) and the loss curve
+    full_state = None
+    if D.is_fsdp(model):
+        full_state, _ = D.full_state_dicts(model, None)
+    model_dir = plot_path = None
+    if info.is_main:
+        model_dir = _save_model(D.unwrap(model), out / MODEL_DIR, full_state)
+        if config.plot and (out / METRICS_FILE).exists() and (out / METRICS_FILE).stat().st_size:
+            plot_path = plot_loss_curves({out.name or "sft": out / METRICS_FILE}, out / PLOT_FILE,
+                                         title=f"SFT training loss ({out.name})")
+        if last_loss is None:  # resumed a finished run: report what it logged
+            from .metrics import read_metrics
+
+            records = read_metrics(out / METRICS_FILE) if (out / METRICS_FILE).exists() else []
+            last_loss = records[-1]["loss"] if records else None
+    D.barrier(info)
+    return TrainResult(step=done, total_steps=plan.total_steps, epoch=done / plan.steps_per_epoch, loss=last_loss,
+                       out_dir=out, model_dir=model_dir, checkpoint=last_ckpt, metrics_path=out / METRICS_FILE,
+                       plot_path=plot_path, elapsed=elapsed, resumed_from=start_step if resume_path else None,
+                       history=history)
+
+
+def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan, info: D.DistInfo, out: Path,
+                step: int, level_sizes: list[int], elapsed: float, last_loss: float | None) -> Path | None:
+    """Collect the state on every rank (collectives), write it on rank 0."""
+    rng = D.all_gather_object(ckpt.capture_rng_state(), info)
+    model_state, optim_state = D.full_state_dicts(model, optimizer)
+    if not info.is_main:
+        return None
+    epoch, position = divmod(step, plan.steps_per_epoch)
+    state = {
+        "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng,
+        "epoch": epoch, "position": position, "total_steps": plan.total_steps, "dataset_size": plan.dataset_size,
+        "world_size": info.world_size, "vocab_level_sizes": level_sizes, "config": config.to_dict(),
+        "model_class": type(D.unwrap(model)).__name__, "elapsed": elapsed, "loss": last_loss,
+    }
+    return ckpt.save_checkpoint(out / ckpt.CHECKPOINT_DIR, step, state, keep_last=config.keep_checkpoints)
