@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shutil
 import subprocess
@@ -20,15 +22,6 @@ def test_info_lists_ops_and_kernels(capsys):
     assert re.search(r"torch\s+2\.", out)
     assert re.search(r"genrec::token_merge\s+CPU", out)
     assert re.search(r"genrec::rq_assign\s+CPU", out)
-
-
-def test_demo_runs_the_pipeline_built_so_far(tmp_path, capsys):
-    assert main(["demo", "--seed", "1", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "OK: kernel matches the reference" in out
-    assert "-> 0 after resolution" in out  # every synthetic item got a unique SID
-    assert (tmp_path / "demo" / "sids" / "sid_table.json").exists()
-    assert (tmp_path / "demo" / "data" / "logs.parquet").exists()
 
 
 def test_help_and_bad_command(capsys):
@@ -57,12 +50,29 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 @pytest.fixture(scope="module")
 def demo_outputs(tmp_path_factory):
+    """One run of `genrec demo` (about 15 s) shared by the tests below: (output folder, what it printed)."""
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--out", str(out), "--quiet"]) == 0
-    return out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    return out, printed.getvalue()
+
+
+def test_demo_runs_the_pipeline_built_so_far(demo_outputs):
+    out, printed = demo_outputs
+    assert "OK: kernel matches the reference" in printed
+    assert "-> 0 after resolution" in printed  # every synthetic item got a unique SID
+    assert (out / "sids" / "sid_table.json").exists() and (out / "data" / "logs.parquet").exists()
+    # Both SFT objectives trained, and their loss fell.
+    for objective in ("page", "point"):
+        first, last = re.search(rf"{objective}-wise: .* loss ([\d.]+) -> ([\d.]+)", printed).groups()
+        assert float(last) < float(first) - 0.5
+        assert (out / f"sft_{objective}" / "model" / "genrec.json").exists()
+    assert (out / "sft_loss.png").stat().st_size > 1000
 
 
 def test_train_sft_cli_trains_saves_and_checks_the_vocabulary(demo_outputs, tmp_path, capsys):
+    demo_outputs = demo_outputs[0]
     run = tmp_path / "run"
     args = ["train", "sft", "--data", str(demo_outputs / "data"), "--sids", str(demo_outputs / "sids"),
             "--out", str(run), "--steps", "3", "--batch-size", "8", "--quiet"]

@@ -114,15 +114,15 @@ def test_pretrained_checkpoint_is_extended_with_sid_tokens(world, tmp_path):
     assert GenRecModel.from_pretrained(tmp_path / "m").token_offset == 500
 
 
-def test_tiny_model_learns_below_the_unigram_baseline(world):
+@pytest.mark.parametrize("token_merger", [True, False])
+def test_tiny_model_learns_below_the_unigram_baseline(world, token_merger):
     ds, _ = batch_of(world)
     counts = np.zeros(ds.vocab.size)
     for i in range(len(ds)):
         np.add.at(counts, ds[i][1], 1)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())
-    torch.manual_seed(0)
-    model = build_model("tiny", ds.vocab)
+    model = build_model("tiny", ds.vocab, token_merger=token_merger)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(120):
