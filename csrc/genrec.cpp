@@ -22,4 +22,13 @@ TORCH_LIBRARY(genrec, m) {
   // running residual (ties to the lowest index), which is then subtracted. Returns (codes int64 [N, L],
   // final residual [N, D] in x's dtype, squared final residual norms [N] in float32 (float64 for float64)).
   m.def("rq_assign(Tensor x, Tensor codebooks, int[]? level_sizes=None) -> (Tensor, Tensor, Tensor)");
+  // One step of beam search over one SID level for B queries x W beams. logits [B, W, K] are the level's
+  // token logits per beam; scores [B, W] the running log-probabilities (-inf: a dead beam); nodes [B, W] each
+  // beam's trie node at this depth (-1: none), with the depth's CSR arrays child_offsets [n + 1] and
+  // child_codes [n_next]. Log-softmax over the K tokens, invalid children masked when constrained, then the
+  // top `beam_width` of all beams x children (ties: lower beam, then lower code). Returns (scores [B, W'],
+  // codes [B, W'], parents [B, W'], child nodes [B, W']); slots without a candidate hold -inf / -1.
+  m.def(
+      "beam_step(Tensor logits, Tensor scores, Tensor nodes, Tensor child_offsets, Tensor child_codes, "
+      "int beam_width, bool constrained) -> (Tensor, Tensor, Tensor, Tensor)");
 }

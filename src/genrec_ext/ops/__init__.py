@@ -1,7 +1,8 @@
 """Python faces of the torch.ops.genrec.* kernels: functional API, fake (meta) kernels, autograd."""
 
+from .beam_step import beam_step
 from .registry import OPS, kernel_devices
 from .rq_assign import rq_assign
 from .token_merge import token_merge
 
-__all__ = ["OPS", "kernel_devices", "rq_assign", "token_merge"]
+__all__ = ["OPS", "beam_step", "kernel_devices", "rq_assign", "token_merge"]

@@ -35,3 +35,29 @@ def rq_assign(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     codes_t = torch.stack(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=torch.int64)
     return codes_t, residual.to(x.dtype), residual.pow(2).sum(1).to(acc)
+
+
+def beam_step(logits: Tensor, scores: Tensor, nodes: Tensor, child_offsets: Tensor, child_codes: Tensor,
+              beam_width: int, constrained: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Beam step by walking the trie in plain Python: every (beam, code) candidate with its score, sorted by
+    (score desc, beam asc, code asc), the first ``beam_width`` kept, the rest padded with -inf / -1."""
+    batch, beams, width = logits.shape
+    logp = torch.log_softmax(logits.to(scores.dtype), dim=-1)
+    out = [torch.full((batch, beam_width), float("-inf"), dtype=scores.dtype)] + [
+        torch.full((batch, beam_width), -1, dtype=torch.int64) for _ in range(3)]
+    for b in range(batch):
+        candidates = []
+        for w in range(beams):
+            score, node = float(scores[b, w]), int(nodes[b, w])
+            if score == float("-inf") or (constrained and node < 0):
+                continue
+            if constrained:
+                children = range(int(child_offsets[node]), int(child_offsets[node + 1]))
+                options = [(int(child_codes[j]), j) for j in children]
+            else:
+                options = [(c, -1) for c in range(width)]
+            candidates += [(score + float(logp[b, w, c]), w, c, child) for c, child in options]
+        candidates.sort(key=lambda t: (-t[0], t[1], t[2]))
+        for i, (score, w, c, child) in enumerate(x for x in candidates[:beam_width] if x[0] > float("-inf")):
+            out[0][b, i], out[1][b, i], out[2][b, i], out[3][b, i] = score, c, w, child
+    return tuple(out)
