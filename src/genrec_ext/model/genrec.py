@@ -123,6 +123,23 @@ class GenRecModel(nn.Module):
         labels = batch.target.gather(1, (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1))[label_mask]
         return Layout(inputs, j < seq_len[:, None], prompt_len, label_mask, labels)
 
+    def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
+        so every prompt ends at the same position and decoding steps append in lockstep."""
+        items, n_items = self.prompt_items(SFTBatch(history, history_len, history[:, :0, 0], history_len * 0))
+        bsz, width, _ = items.shape
+        prompt_len = n_items + 2
+        p = int(prompt_len.max())
+        j = torch.arange(p, device=items.device)[None]
+        start = p - prompt_len[:, None]  # first real position of each prompt
+        rel = j - start  # position inside the prompt, negative in the padding
+        is_item = (rel >= 1) & (rel <= n_items[:, None])
+        item_part = items.gather(1, (rel - 1).clamp(0, width - 1).expand(bsz, -1)[..., None].expand(-1, -1, items.shape[-1]))
+        tokens = torch.where(rel == 0, BOS, torch.where(rel == prompt_len[:, None] - 1, SEP, PAD))
+        inputs = torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
+        mask = rel >= 0
+        return inputs, mask, rel.clamp(min=0)
+
     def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
         return out.last_hidden_state

@@ -1,0 +1,110 @@
+"""Point-wise beam search over SIDs (paper §2.2): prefill the prompt once, then one ``genrec::beam_step`` per
+SID level with the KV cache reordered by parent beam.
+
+* constrained: each step keeps only codes that continue a valid SID (the trie), so every result is an item;
+* unconstrained: any code of the level's block, to measure how often the model hallucinates SIDs (HaR).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..model import GenRecModel
+from ..ops import beam_step
+from ..sid import SIDTable, SIDTrie
+
+
+@dataclass
+class BeamResult:
+    codes: Tensor  # int64 [B, W, L] SID codes of each beam, best first (-1 in dead slots)
+    scores: Tensor  # [B, W] log-probabilities (-inf in dead slots)
+    items: Tensor  # int64 [B, W] dense item index, -1 where the SID maps to no item or the slot is dead
+
+
+def _cache_keyword(model: GenRecModel) -> str:
+    """transformers 5.24 takes ``cache=``, 5.17 ``past_key_values=``."""
+    return "cache" if "cache" in inspect.signature(model.backbone.model.forward).parameters else "past_key_values"
+
+
+def _step(model: GenRecModel, kw: str, cache, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor):
+    out = model.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
+                               position_ids=position_ids, use_cache=True, **({kw: cache} if cache is not None else {}))
+    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.last_hidden_state[:, -1], new_cache
+
+
+def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
+    """Logits of the level's token block only (decoding at depth l scores only level-l tokens)."""
+    start = model.vocab.offsets[level]
+    return model.token_logits(hidden)[..., start : start + model.vocab.level_sizes[level]]
+
+
+@torch.no_grad()
+def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: SIDTrie, *, beam_width: int = 50,
+                constrained: bool = True, table: SIDTable | None = None) -> BeamResult:
+    """Top-``beam_width`` SIDs for each query's history (``[B, N, L]`` tokens, right-padded, and lengths).
+
+    ``table`` maps unconstrained results to items (constrained results come straight from the trie)."""
+    if trie.levels != model.vocab.levels:
+        raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels}")
+    device = history.device
+    trie = trie.to(device)
+    kw = _cache_keyword(model)
+    embeds, mask, positions = model.prompt_inputs(history, history_len)
+    hidden, cache = _step(model, kw, None, embeds, mask, positions)
+    bsz = history.shape[0]
+    scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)
+    nodes = torch.zeros(bsz, 1, dtype=torch.int64, device=device)
+    codes = torch.zeros(bsz, 1, 0, dtype=torch.int64, device=device)
+    last_pos = positions[:, -1:]
+    for level in range(model.vocab.levels):
+        beams_in = scores.shape[1]
+        logits = level_logits(model, hidden, level).float().view(bsz, beams_in, -1)
+        scores, step_codes, parents, nodes = beam_step(logits, scores, nodes, trie.offsets[level], trie.codes[level],
+                                                       beam_width, constrained)
+        safe_parents = parents.clamp(min=0)  # dead slots follow beam 0; their -inf score keeps them dead
+        codes = torch.cat([codes.gather(1, safe_parents[..., None].expand(-1, -1, codes.shape[2])),
+                           step_codes[..., None]], 2)
+        if level + 1 == model.vocab.levels:
+            break
+        # Reorder (and on the first step, expand) the cache: new beam (b, i) continues old beam (b, parent).
+        flat = (torch.arange(bsz, device=device)[:, None] * beams_in + safe_parents).flatten()
+        cache.reorder_cache(flat)
+        mask = torch.cat([mask.repeat_interleave(beam_width, 0) if mask.shape[0] == bsz else mask,
+                          torch.ones(bsz * beam_width, 1, dtype=torch.bool, device=device)], 1)
+        last_pos = (last_pos.repeat_interleave(beam_width, 0) if last_pos.shape[0] == bsz else last_pos) + 1
+        token = model.vocab.offsets[level] + step_codes.clamp(min=0).reshape(-1, 1)
+        hidden, cache = _step(model, kw, cache, model.embed_tokens(token), mask, last_pos)
+    if constrained:
+        items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
+    else:
+        if table is None:
+            raise ValueError("unconstrained beam search needs the SID table to map SIDs to items")
+        flat_codes = codes.reshape(-1, codes.shape[2]).cpu().numpy()
+        items = torch.tensor([(-1 if (row < 0).any() else (lambda i: -1 if i is None else i)(table.item(row)))
+                              for row in flat_codes], dtype=torch.int64).view(bsz, -1).to(device)
+    items = torch.where(torch.isfinite(scores), items, -1)
+    return BeamResult(codes, scores, items)
+
+
+def sequence_log_probs(model: GenRecModel, history: Tensor, history_len: Tensor, sids: Tensor) -> Tensor:
+    """Teacher-forced log-probability of given SIDs ``[B, M, L]`` (level-wise softmax, as beam search scores
+    them): the exhaustive check of beam search, and a scorer for candidate items."""
+    bsz, m, levels = sids.shape
+    embeds, mask, positions = model.prompt_inputs(history.repeat_interleave(m, 0), history_len.repeat_interleave(m, 0))
+    tokens = torch.tensor(model.vocab.offsets, device=sids.device) + sids.reshape(bsz * m, levels)
+    inputs = torch.cat([embeds, model.embed_tokens(tokens[:, :-1])], 1)
+    full_mask = torch.cat([mask, torch.ones(bsz * m, levels - 1, dtype=torch.bool, device=sids.device)], 1)
+    pos = torch.cat([positions, positions[:, -1:] + torch.arange(1, levels, device=sids.device)], 1)
+    out = model.backbone.model(inputs_embeds=inputs, attention_mask=full_mask.long(), position_ids=pos, use_cache=False)
+    hidden = out.last_hidden_state[:, -levels:]
+    total = torch.zeros(bsz * m, device=sids.device)
+    for level in range(levels):
+        logp = torch.log_softmax(level_logits(model, hidden[:, level], level).float(), -1)
+        total += logp.gather(1, sids.reshape(bsz * m, levels)[:, level : level + 1]).squeeze(1)
+    return total.view(bsz, m)
