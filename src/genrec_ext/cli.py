@@ -91,6 +91,71 @@ def _cmd_train_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from genrec_ext.data import load_splits
+    from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
+    from genrec_ext.model import GenRecModel
+    from genrec_ext.sid import SIDTable
+
+    table = SIDTable.load(args.sids)
+    model = GenRecModel.from_pretrained(args.model)
+    if model.vocab.level_sizes != tuple(table.level_sizes):
+        raise SystemExit(f"--model {args.model} uses SID levels {list(model.vocab.level_sizes)} but --sids "
+                         f"{args.sids} has {table.level_sizes}")
+    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=1, progress=not args.quiet)
+    samples = getattr(splits, args.split)
+    if args.max_queries:
+        samples = samples.subset(slice(0, args.max_queries))
+    popularity = item_popularity(splits.train)
+    modes = ["constrained", "unconstrained"] if args.unconstrained else ["constrained"]
+    results = {mode: evaluate_model(model, samples, catalog, table, beam_width=args.beam, constrained=mode == "constrained",
+                                    popularity=popularity, batch_size=args.batch_size, max_history=args.max_history,
+                                    progress=not args.quiet) for mode in modes}
+    print(format_table(results))
+    md, js = write_report(results, args.out, f"eval_{args.split}")
+    print(f"report: {md}, {js}")
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from genrec_ext.decoding import beam_search
+    from genrec_ext.model import GenRecModel
+    from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
+    from genrec_ext.sid.build import load_catalog
+    from genrec_ext.train import sid_codes_for
+
+    table = SIDTable.load(args.sids)
+    model = GenRecModel.from_pretrained(args.model).eval()
+    catalog = load_catalog(args.items)
+    history_ids = json.loads(open(args.user_history).read())
+    if not isinstance(history_ids, list) or not history_ids:
+        raise SystemExit(f"--user-history {args.user_history} must hold a non-empty JSON list of item ids, oldest first")
+    index = catalog.index(np.asarray([str(i) if catalog.ids.dtype.kind == "U" else i for i in history_ids]))
+    codes = sid_codes_for(catalog, table)
+    tokens = SIDVocab(tuple(table.level_sizes)).tokens(codes[index[-args.max_history:]])[None]
+    result = beam_search(model, tokens, torch.tensor([tokens.shape[1]]), SIDTrie.from_table(table),
+                         beam_width=max(args.top_k, args.beam))
+    titles = catalog.text.get("title")
+    position = {item_id: i for i, item_id in enumerate(catalog.ids.tolist())}
+    rank = 0
+    for item, score in zip(result.items[0].tolist(), result.scores[0].tolist()):
+        if item < 0 or rank == args.top_k:
+            continue
+        rank += 1
+        raw = table.item_ids[item]
+        title = titles[position[raw]] if titles is not None and raw in position else ""
+        print(f"{rank:>3}. {raw}  (log p = {score:.3f})  {title}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrec", description="GenRec: page-wise generative recommendation with fused PyTorch ops."
@@ -157,6 +222,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="step", help="x axis: step, examples, epoch or elapsed")
     p.add_argument("--smooth", type=float, default=0.0, help="EMA weight in [0, 1)")
     p.set_defaults(func=_cmd_train_plot)
+
+    p = sub.add_parser("eval", help="beam-search a split and report HR@K, NDCG@K, HaR@K, long-tail share")
+    p.add_argument("--model", required=True, help="GenRec model directory (a run's model/)")
+    p.add_argument("--data", required=True, help="dataset directory (as for train sft)")
+    p.add_argument("--sids", required=True, help="SID table directory")
+    p.add_argument("--beam", type=int, default=50, help="beam width = recommendations per query")
+    p.add_argument("--unconstrained", action="store_true", help="also decode without the trie, to measure HaR")
+    p.add_argument("--split", choices=["test", "valid", "train"], default="test")
+    p.add_argument("--max-queries", type=int, help="evaluate the first N queries only")
+    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default="eval", help="report directory (Markdown + JSON)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("recommend", help="top-K items for one user history")
+    p.add_argument("--model", required=True)
+    p.add_argument("--sids", required=True)
+    p.add_argument("--items", required=True, help="item catalogue (as for sid build), for ids and titles")
+    p.add_argument("--user-history", required=True, help="JSON list of item ids, oldest first")
+    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--beam", type=int, default=50)
+    p.add_argument("--max-history", type=int, default=50)
+    p.set_defaults(func=_cmd_recommend)
     return parser
 
 

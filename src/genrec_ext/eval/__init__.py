@@ -26,8 +26,10 @@ from .metrics import (
     reward_at_k,
 )
 from .report import format_table, write_report
+from .run import evaluate_model, item_popularity, recommend
 
 __all__ = [
+    "evaluate_model", "item_popularity", "recommend",
     "DEFAULT_KS", "EmptyGroundTruthError", "evaluate", "format_table", "ground_truth_csr", "hallucination_rate",
     "hit_rate", "long_tail_items", "long_tail_share", "ndcg", "relevance", "reward_at_k", "write_report",
 ]

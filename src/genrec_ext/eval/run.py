@@ -1,0 +1,53 @@
+"""Model evaluation: beam search over a split's histories, then HR/NDCG (constrained) or HaR (unconstrained)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import ItemCatalog, PageSamples
+from ..decoding import beam_search
+from ..model import GenRecModel
+from ..sid import SIDTable, SIDTrie
+from ..train import collate, make_sft_dataset
+from .metrics import DEFAULT_KS, evaluate
+
+
+def item_popularity(samples: PageSamples) -> np.ndarray:
+    """Positive interactions per item in ``samples`` (e.g. the training split), for the long-tail share."""
+    return np.bincount(samples.positives.values, minlength=samples.num_items)
+
+
+@torch.no_grad()
+def recommend(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, table: SIDTable, *, beam_width: int = 50,
+              constrained: bool = True, batch_size: int = 64, max_history: int | None = None,
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``beam_width`` items for every sample's history: (items int64 [Q, W] with -1 = no item,
+    generated bool [Q, W] = the slot holds a generated SID rather than a dead beam)."""
+    model.eval()
+    device = next(model.parameters()).device
+    dataset = make_sft_dataset(samples, catalog, table, "page", max_history=max_history)
+    trie = SIDTrie.from_table(table).to(device)
+    items, generated = [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="beam search", unit="batch", disable=not progress):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
+        result = beam_search(model, batch.history, batch.history_len, trie, beam_width=beam_width,
+                             constrained=constrained, table=table)
+        items.append(result.items.cpu().numpy())
+        generated.append(torch.isfinite(result.scores).cpu().numpy())
+    if not items:
+        return np.zeros((0, beam_width), np.int64), np.zeros((0, beam_width), bool)
+    return np.concatenate(items), np.concatenate(generated)
+
+
+def evaluate_model(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, table: SIDTable, *,
+                   beam_width: int = 50, constrained: bool = True, ks=DEFAULT_KS, popularity: np.ndarray | None = None,
+                   batch_size: int = 64, max_history: int | None = None, progress: bool = True) -> dict[str, float]:
+    """HR@K / NDCG@K against each page's positives D+ (or the held-out item), HaR@K, and the long-tail share.
+    Pages without positives (exposures only) cannot be scored: they are skipped and counted (``skipped_empty``)."""
+    items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, constrained=constrained,
+                                 batch_size=batch_size, max_history=max_history, progress=progress)
+    ks = tuple(k for k in ks if k <= beam_width) or (beam_width,)
+    return evaluate(items, samples.positives, ks=ks, item_popularity=popularity, generated=generated,
+                    on_empty="skip")
