@@ -2,8 +2,9 @@
 
 Now: synthetic page logs -> page samples and a last-day split -> item embeddings -> RQ K-means semantic IDs
 -> the Token Merger (fused op) over real SID histories, checked against the reference -> a small GenRec
-model trained page-wise (PW-NTP) and point-wise (NTP) with a loss-curve overlay. Later stages (beam search,
-evaluation, GRPO-SR) extend this job. Outputs land in ``--out``.
+model trained page-wise (PW-NTP) and point-wise (NTP) with a loss-curve overlay -> trie-constrained beam
+search (HR@K, NDCG@K) and unconstrained decoding (HaR@K) on the last day, in one comparison table. The
+GRPO-SR stage extends this job. Outputs land in ``--out``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from genrec_ext import nn as gnn
 from genrec_ext.ops import reference
 from genrec_ext.sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_kmeans
 from genrec_ext.sid.vocab import PAD
+from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
 from genrec_ext.model import build_model
 from genrec_ext.train import SFTConfig, make_sft_dataset, plot_loss_curves, train_sft
 
@@ -28,7 +30,7 @@ def _step(title: str) -> None:
 
 
 def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, codebook_size: int = 64,
-             dim: int = 128, batch: int = 256, sft_steps: int = 150, progress: bool = True) -> int:
+             dim: int = 128, batch: int = 256, sft_steps: int = 300, beam: int = 20, progress: bool = True) -> int:
     out = Path(out)
     torch.manual_seed(seed)
 
@@ -81,17 +83,31 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     print("OK: kernel matches the reference" if ok else "MISMATCH: kernel differs from the reference")
 
     _step("5. Page-wise (PW-NTP) vs point-wise (NTP) SFT of a tiny GenRec model")
-    runs = {}
+    runs, models = {}, {}
     for objective in ("page", "point"):
         dataset = make_sft_dataset(train, syn.catalog, table, objective, max_history=50)
         model = build_model("tiny", vocab, seed=seed)
         config = SFTConfig(out_dir=str(out / f"sft_{objective}"), max_steps=sft_steps, global_batch_size=32, lr=3e-3,
                            log_every=10, seed=seed, overwrite=True, plot=False)
         result = train_sft(model, dataset, config, progress=progress)
+        models["PW-NTP" if objective == "page" else "NTP"] = model
         runs[f"{'PW-NTP' if objective == 'page' else 'NTP'} ({len(dataset):,} examples)"] = result.metrics_path
         print(f"{objective}-wise: {len(dataset):,} examples, loss {result.history[0]['loss']:.3f} -> {result.loss:.3f} "
               f"after {result.step} steps; model in {result.model_dir}")
     plot = plot_loss_curves(runs, out / "sft_loss.png", title="SFT loss: page-wise vs point-wise NTP")
     print(f"loss curves -> {plot}")
+
+    _step(f"6. Last-day evaluation: beam search (W={beam}), constrained and unconstrained")
+    popularity = item_popularity(train)
+    results = {}
+    for name, model in models.items():
+        for mode in ("constrained", "unconstrained"):
+            results[f"{name}, {mode}"] = evaluate_model(model, splits.test, syn.catalog, table, beam_width=beam,
+                                                        constrained=mode == "constrained", ks=(1, 5, 10),
+                                                        popularity=popularity, progress=progress)
+    columns = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HaR@10", "LongTail@10", "queries"]
+    print(format_table(results, columns=columns))
+    md, _ = write_report(results, out, "eval", columns=columns)
+    print(f"report -> {md}")
     print(f"\nOutputs in {out.resolve()}")
     return 0 if ok else 1
