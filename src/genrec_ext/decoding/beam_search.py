@@ -40,8 +40,7 @@ def _step(model: GenRecModel, kw: str, cache, inputs_embeds: Tensor, attention_m
 
 def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
     """Logits of the level's token block only (decoding at depth l scores only level-l tokens)."""
-    start = model.vocab.offsets[level]
-    return model.token_logits(hidden)[..., start : start + model.vocab.level_sizes[level]]
+    return model.token_logits(hidden, model.vocab.offsets[level], model.vocab.level_sizes[level])
 
 
 @torch.no_grad()

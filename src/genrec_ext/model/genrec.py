@@ -144,12 +144,12 @@ class GenRecModel(nn.Module):
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
         return out.last_hidden_state
 
-    def token_logits(self, hidden: Tensor) -> Tensor:
-        """Logits over our vocabulary block only: ``[..., vocab.size]``."""
+    def token_logits(self, hidden: Tensor, start: int = 0, size: int | None = None) -> Tensor:
+        """Logits over our tokens ``[start, start + size)`` (default: the whole SID vocabulary) only."""
         head = self.backbone.get_output_embeddings()
-        weight = head.weight[self.token_offset : self.token_offset + self.vocab.size]
-        bias = None if head.bias is None else head.bias[self.token_offset : self.token_offset + self.vocab.size]
-        return F.linear(hidden, weight, bias)
+        lo = self.token_offset + start
+        hi = lo + (self.vocab.size - start if size is None else size)
+        return F.linear(hidden, head.weight[lo:hi], None if head.bias is None else head.bias[lo:hi])
 
     def forward(self, batch: SFTBatch) -> SFTOutput:
         lay = self.layout(batch)

@@ -1,0 +1,122 @@
+"""Constrained beam search: ours (prefill once, genrec::beam_step per level, KV cache reordered by parent)
+against Hugging Face ``generate(num_beams=W, prefix_allowed_tokens_fn=<trie lookup>)`` on the same model,
+and one step alone against an eager PyTorch masked-top-k step.
+
+    python benchmarks/bench_beam_search.py                 # CPU
+    python benchmarks/bench_beam_search.py --device cuda
+
+Defaults: W = 50, 3 levels of 256 codes, a 10k-item catalogue, batches of 1 / 16 / 64 queries, 20-item
+histories, the `tiny` preset (the decoder's cost is the same for both; what differs is the search around it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine_description, write_table  # noqa: E402
+
+from genrec_ext.decoding import beam_search  # noqa: E402
+from genrec_ext.model import build_model  # noqa: E402
+from genrec_ext.ops import beam_step  # noqa: E402
+from genrec_ext.sid import SIDTrie, SIDVocab  # noqa: E402
+
+
+def latencies(fn, device: str, reps: int) -> list[float]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()
+    sync()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def hf_generate(model, history, lengths, trie_prefixes, vocab, width):
+    embeds, mask, _ = model.prompt_inputs(history, lengths)
+    offsets = vocab.offsets
+
+    def allowed(batch_id, input_ids):
+        prefix = tuple(int(t) - offsets[i] for i, t in enumerate(input_ids.tolist()))
+        return trie_prefixes.get(prefix, [])
+
+    return model.backbone.generate(inputs_embeds=embeds, attention_mask=mask.long(), num_beams=width,
+                                   num_return_sequences=width, max_new_tokens=vocab.levels, min_new_tokens=vocab.levels,
+                                   do_sample=False, prefix_allowed_tokens_fn=allowed, pad_token_id=0, eos_token_id=None)
+
+
+def eager_step(logits, scores, nodes, dense_mask, width):
+    logp = torch.log_softmax(logits, -1) + scores[..., None]
+    valid = dense_mask[nodes.clamp(min=0)] & (nodes >= 0)[..., None]
+    top, idx = logp.masked_fill(~valid, float("-inf")).flatten(1).topk(width)
+    return top, idx % logits.shape[-1], idx // logits.shape[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--items", type=int, default=10_000)
+    ap.add_argument("--beam", type=int, default=50)
+    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--history", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--hf-reps", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("bench_results"))
+    args = ap.parse_args()
+    device, width = args.device, args.beam
+    levels = (256, 256, 256)
+    rng = np.random.default_rng(0)
+    sids = np.unique(np.stack([rng.integers(0, k, args.items * 2) for k in levels], 1), axis=0)[: args.items]
+    vocab = SIDVocab(levels)
+    trie = SIDTrie.from_codes(sids, list(levels))
+    trie_device = trie.to(device)
+    prefixes: dict[tuple, list[int]] = {}
+    for sid in sids.tolist():
+        for depth in range(3):
+            prefixes.setdefault(tuple(sid[:depth]), set()).add(vocab.offsets[depth] + sid[depth])
+    prefixes = {k: sorted(v) for k, v in prefixes.items()}
+    model = build_model(args.preset, vocab).to(device).eval()
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        history = vocab.tokens(torch.from_numpy(sids[rng.integers(0, len(sids), (batch, args.history))])).to(device)
+        lengths = torch.full((batch,), args.history, device=device)
+        with torch.no_grad():
+            ours = latencies(lambda: beam_search(model, history, lengths, trie_device, beam_width=width), device, args.reps)
+            hf = latencies(lambda: hf_generate(model, history, lengths, prefixes, vocab, width), device, args.hf_reps)
+        # One step alone at depth 1 (W beams in, each on a level-1 node), ours vs eager masked top-k.
+        nodes = torch.from_numpy(rng.integers(0, trie.num_nodes(1), (batch, width))).to(device)
+        logits = torch.randn(batch, width, levels[1], device=device)
+        scores = torch.randn(batch, width, device=device)
+        dense = trie_device.dense_mask(1)
+        step_ours = latencies(lambda: beam_step(logits, scores, nodes, trie_device.offsets[1], trie_device.codes[1],
+                                                width), device, 50)
+        step_eager = latencies(lambda: eager_step(logits, scores, nodes, dense, width), device, 50)
+        row = dict(batch=batch, ours_p50_ms=statistics.median(ours), ours_p99_ms=float(np.percentile(ours, 99)),
+                   hf_p50_ms=statistics.median(hf), hf_p99_ms=float(np.percentile(hf, 99)),
+                   ours_qps=batch / statistics.median(ours) * 1e3, hf_qps=batch / statistics.median(hf) * 1e3,
+                   x_hf=statistics.median(hf) / statistics.median(ours),
+                   step_ours_us=statistics.median(step_ours) * 1e3, step_eager_us=statistics.median(step_eager) * 1e3)
+        row["x_step"] = row["step_eager_us"] / row["step_ours_us"]
+        rows.append(row)
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    note = (f"{machine_description(device)}, preset {args.preset}, W={width}, 3 x 256 codes, {len(sids):,} items, "
+            f"{args.history}-item histories. x_hf: HF generate time / ours (end to end, same model); "
+            "x_step: eager masked-top-k step / genrec::beam_step (depth 1).")
+    write_table(rows, ["batch", "ours_p50_ms", "ours_p99_ms", "hf_p50_ms", "hf_p99_ms", "ours_qps", "hf_qps", "x_hf",
+                       "step_ours_us", "step_eager_us", "x_step"], "Constrained beam search",
+                args.out / f"beam_search_{device}", note)
+
+
+if __name__ == "__main__":
+    main()
