@@ -15,9 +15,6 @@ carry no loss. Logits are computed only at the supervised positions and only ove
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from .._io import atomic_directory
 from ..nn import TokenMerger
 from ..sid import SIDVocab
 from ..sid.vocab import BOS, PAD, SEP
@@ -168,28 +166,14 @@ class GenRecModel(nn.Module):
             merger_state = {k[len("merger.proj."):]: v for k, v in state_dict.items() if k.startswith("merger.proj.")}
         else:
             backbone_state, merger_state = None, (self.merger.proj.state_dict() if self.merger is not None else {})
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             self.backbone.save_pretrained(tmp, state_dict=backbone_state)
             if self.merger is not None:
                 save_file({k: v.detach().contiguous().cpu() for k, v in merger_state.items()}, tmp / MERGER_FILE)
             meta = {"format": FORMAT, "model": self.config.to_dict(), "level_sizes": list(self.vocab.level_sizes),
                     "token_offset": self.token_offset}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-            if directory.exists():
-                old = directory.with_name(directory.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        return Path(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> GenRecModel:

@@ -20,9 +20,6 @@ On-disk format (a directory, written atomically):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import atomic_directory
 from .rqkmeans import RQCodebooks
 
 FORMAT = "genrec-sid/1"
@@ -108,10 +106,7 @@ class SIDTable:
 
     def save(self, directory: str | Path) -> Path:
         """Write the table (see the module docstring for the format); replaces ``directory`` atomically."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as tmp:
             meta = {"format": FORMAT, "levels": self.levels, "level_sizes": self.level_sizes,
                     "collision_level": self.collision_level, "item_ids": list(self.item_ids),
                     "stats": self.stats.to_dict() if self.stats else None,
@@ -121,18 +116,7 @@ class SIDTable:
             np.save(tmp / "codes.npy", self.codes)
             if self.codebooks is not None:
                 np.save(tmp / "codebooks.npy", self.codebooks.codebooks.numpy().astype(np.float32))
-            if directory.exists():
-                old = directory.with_name(directory.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> SIDTable:
