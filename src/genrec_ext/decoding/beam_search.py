@@ -1,5 +1,6 @@
 """Point-wise beam search over SIDs (paper §2.2): prefill the prompt once, then one ``genrec::beam_step`` per
-SID level with the KV cache reordered by parent beam.
+SID level; the beams of a query share the prompt's KV cache (``SharedPrefixDecoder``), and only the decoded
+tokens' keys and values are reordered by parent beam.
 
 * constrained: each step keeps only codes that continue a valid SID (the trie), so every result is an item;
 * unconstrained: any code of the level's block, to measure how often the model hallucinates SIDs (HaR).
@@ -17,6 +18,7 @@ from torch import Tensor
 from ..model import GenRecModel
 from ..ops import beam_step
 from ..sid import SIDTable, SIDTrie
+from .shared_prefix import SharedPrefixDecoder
 
 
 @dataclass
@@ -55,12 +57,12 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     trie = trie.to(device)
     kw = _cache_keyword(model)
     embeds, mask, positions = model.prompt_inputs(history, history_len)
-    hidden, cache = _step(model, kw, None, embeds, mask, positions)
+    hidden, cache = _step(model, kw, None, embeds, mask, positions)  # prefill once per query
+    decoder = SharedPrefixDecoder(model.backbone.model, cache, mask)
     bsz = history.shape[0]
     scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)
     nodes = torch.zeros(bsz, 1, dtype=torch.int64, device=device)
     codes = torch.zeros(bsz, 1, 0, dtype=torch.int64, device=device)
-    last_pos = positions[:, -1:]
     for level in range(model.vocab.levels):
         beams_in = scores.shape[1]
         logits = level_logits(model, hidden, level).float().view(bsz, beams_in, -1)
@@ -71,14 +73,10 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
                            step_codes[..., None]], 2)
         if level + 1 == model.vocab.levels:
             break
-        # Reorder (and on the first step, expand) the cache: new beam (b, i) continues old beam (b, parent).
-        flat = (torch.arange(bsz, device=device)[:, None] * beams_in + safe_parents).flatten()
-        cache.reorder_cache(flat)
-        mask = torch.cat([mask.repeat_interleave(beam_width, 0) if mask.shape[0] == bsz else mask,
-                          torch.ones(bsz * beam_width, 1, dtype=torch.bool, device=device)], 1)
-        last_pos = (last_pos.repeat_interleave(beam_width, 0) if last_pos.shape[0] == bsz else last_pos) + 1
-        token = model.vocab.offsets[level] + step_codes.clamp(min=0).reshape(-1, 1)
-        hidden, cache = _step(model, kw, cache, model.embed_tokens(token), mask, last_pos)
+        decoder.reorder(safe_parents)
+        token = model.vocab.offsets[level] + step_codes.clamp(min=0)  # [B, W]
+        step_positions = (positions[:, -1:] + level + 1).expand(-1, token.shape[1])
+        hidden = decoder.step(model.embed_tokens(token), step_positions).reshape(-1, embeds.shape[-1])
     if constrained:
         items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
     else:
