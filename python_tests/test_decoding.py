@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrec_ext.decoding import beam_search, sequence_log_probs
-from genrec_ext.decoding.beam_search import _cache_keyword
+from genrec_ext.decoding.beam_search import _prefill
 from genrec_ext.model import build_model
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
 
@@ -70,12 +70,12 @@ def test_results_do_not_depend_on_the_batch(setup):
         torch.testing.assert_close(alone.scores[0], together.scores[b], rtol=1e-5, atol=1e-5)
 
 
-def test_cache_keyword_matches_the_installed_transformers(setup):
-    import inspect
-
-    keyword = _cache_keyword(setup[0])
-    assert keyword in ("cache", "past_key_values")  # 5.24 renamed past_key_values to cache
-    assert keyword in inspect.signature(setup[0].backbone.model.forward).parameters
+def test_prefill_returns_the_prompt_cache(setup):
+    model, *_, history, lengths = setup
+    embeds, mask, positions = model.prompt_inputs(history, lengths)
+    hidden, cache = _prefill(model, embeds, mask, positions)  # `cache` (5.24) or `past_key_values` (5.17)
+    assert hidden.shape == (3, model.config.hidden_size)
+    assert cache is not None and cache.get_seq_length() == embeds.shape[1]
 
 
 def test_trie_must_match_the_vocabulary(setup):

@@ -151,3 +151,14 @@ def test_errors_are_named(world, tmp_path):
         ModelConfig.load(tmp_path / "bad.yaml")
     with pytest.raises(FileNotFoundError, match="neither a preset"):
         ModelConfig.load("huge")
+
+
+def test_sid_rows_and_catalogue_indices_align_whatever_the_table_order(world):
+    from genrec_ext.train import catalog_index_of_sids, sid_codes_for
+
+    syn, _, table = world
+    order = np.random.default_rng(0).permutation(len(table))  # a table written in another item order
+    shuffled = SIDTable(table.codes[order], [table.item_ids[i] for i in order], table.level_sizes)
+    assert np.array_equal(sid_codes_for(syn.catalog, shuffled), sid_codes_for(syn.catalog, table))
+    to_catalog = catalog_index_of_sids(syn.catalog, shuffled)
+    assert np.array_equal(shuffled.codes, sid_codes_for(syn.catalog, table)[to_catalog])

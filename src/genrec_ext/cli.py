@@ -123,14 +123,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
-    import numpy as np
     import torch
 
     from genrec_ext.decoding import beam_search
     from genrec_ext.model import GenRecModel
     from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
     from genrec_ext.sid.build import load_catalog
-    from genrec_ext.train import sid_codes_for
+    from genrec_ext.train import catalog_index_of_sids, sid_codes_for
 
     table = SIDTable.load(args.sids)
     model = GenRecModel.from_pretrained(args.model).eval()
@@ -138,21 +137,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     history_ids = json.loads(open(args.user_history).read())
     if not isinstance(history_ids, list) or not history_ids:
         raise SystemExit(f"--user-history {args.user_history} must hold a non-empty JSON list of item ids, oldest first")
-    index = catalog.index(np.asarray([str(i) if catalog.ids.dtype.kind == "U" else i for i in history_ids]))
-    codes = sid_codes_for(catalog, table)
-    tokens = SIDVocab(tuple(table.level_sizes)).tokens(codes[index[-args.max_history:]])[None]
+    index = catalog.index(history_ids)
+    tokens = SIDVocab(tuple(table.level_sizes)).tokens(sid_codes_for(catalog, table)[index[-args.max_history:]])[None]
     result = beam_search(model, tokens, torch.tensor([tokens.shape[1]]), SIDTrie.from_table(table),
                          beam_width=max(args.top_k, args.beam))
+    to_catalog = catalog_index_of_sids(catalog, table)
     titles = catalog.text.get("title")
-    position = {item_id: i for i, item_id in enumerate(catalog.ids.tolist())}
-    rank = 0
-    for item, score in zip(result.items[0].tolist(), result.scores[0].tolist()):
-        if item < 0 or rank == args.top_k:
-            continue
-        rank += 1
-        raw = table.item_ids[item]
-        title = titles[position[raw]] if titles is not None and raw in position else ""
-        print(f"{rank:>3}. {raw}  (log p = {score:.3f})  {title}")
+    shown = [(to_catalog[i], score) for i, score in zip(result.items[0].tolist(), result.scores[0].tolist())
+             if i >= 0 and to_catalog[i] >= 0][: args.top_k]
+    for rank, (item, score) in enumerate(shown, 1):
+        title = titles[item] if titles is not None else ""
+        print(f"{rank:>3}. {catalog.ids[item]}  (log p = {score:.3f})  {title}")
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genrec_ext import data
@@ -22,7 +21,7 @@ from genrec_ext.sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_k
 from genrec_ext.sid.vocab import PAD
 from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
 from genrec_ext.model import build_model
-from genrec_ext.train import SFTConfig, make_sft_dataset, plot_loss_curves, train_sft
+from genrec_ext.train import SFTConfig, collate, make_sft_dataset, plot_loss_curves, train_sft
 
 
 def _step(title: str) -> None:
@@ -56,13 +55,8 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     _step("4. Token Merger over real SID histories (fused genrec::token_merge vs reference)")
     vocab = SIDVocab(tuple(table.level_sizes))
     train = splits.train
-    rows = np.arange(min(batch, len(train)))
-    offsets, items = train.history.to_csr(rows)
-    lengths = np.diff(offsets)
-    tokens = torch.full((len(rows), int(lengths.max()), vocab.levels), PAD, dtype=torch.int64)
-    item_tokens = vocab.tokens(table.codes[items])
-    for i, (a, b) in enumerate(zip(offsets[:-1], offsets[1:])):
-        tokens[i, : b - a] = item_tokens[a:b]  # left-aligned histories, padding after
+    tokens = collate([make_sft_dataset(train, syn.catalog, table)[i] for i in range(min(batch, len(train)))]).history
+    lengths = (tokens != PAD).any(-1).sum(1)
     merger = gnn.TokenMerger(vocab.size, dim, vocab.levels, dim, pad_id=PAD)
     start = time.perf_counter()
     merged = merger(tokens)
@@ -77,7 +71,7 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     ok = torch.allclose(merged, ref, rtol=1e-5, atol=1e-5) and all(
         torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6) for g, p in zip(fused_grads, params))
     fwd_err = (merged - ref).abs().max().item()
-    print(f"{len(rows)} users x up to {tokens.shape[1]} history items x {vocab.levels} SID tokens "
+    print(f"{tokens.shape[0]} users x up to {tokens.shape[1]} history items x {vocab.levels} SID tokens "
           f"({int(lengths.sum()):,} real items) -> {tuple(merged.shape)} prompt vectors, d={dim}")
     print(f"fused fwd+bwd {elapsed * 1e3:.1f} ms; max |fused - reference| = {fwd_err:.1e}")
     print("OK: kernel matches the reference" if ok else "MISMATCH: kernel differs from the reference")

@@ -8,10 +8,8 @@ tokens' keys and values are reordered by parent beam.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,16 +26,12 @@ class BeamResult:
     items: Tensor  # int64 [B, W] dense item index, -1 where the SID maps to no item or the slot is dead
 
 
-def _cache_keyword(model: GenRecModel) -> str:
-    """transformers 5.24 takes ``cache=``, 5.17 ``past_key_values=``."""
-    return "cache" if "cache" in inspect.signature(model.backbone.model.forward).parameters else "past_key_values"
-
-
-def _step(model: GenRecModel, kw: str, cache, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor):
+def _prefill(model: GenRecModel, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor):
+    """The prompt's last hidden state and its KV cache (transformers 5.24 returns it as ``cache``, 5.17 as
+    ``past_key_values``)."""
     out = model.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
-                               position_ids=position_ids, use_cache=True, **({kw: cache} if cache is not None else {}))
-    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return out.last_hidden_state[:, -1], new_cache
+                               position_ids=position_ids, use_cache=True)
+    return out.last_hidden_state[:, -1], getattr(out, "cache", None) or getattr(out, "past_key_values", None)
 
 
 def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
@@ -55,9 +49,8 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
         raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels}")
     device = history.device
     trie = trie.to(device)
-    kw = _cache_keyword(model)
     embeds, mask, positions = model.prompt_inputs(history, history_len)
-    hidden, cache = _step(model, kw, None, embeds, mask, positions)  # prefill once per query
+    hidden, cache = _prefill(model, embeds, mask, positions)  # once per query
     decoder = SharedPrefixDecoder(model.backbone.model, cache, mask)
     bsz = history.shape[0]
     scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)

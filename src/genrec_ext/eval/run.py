@@ -10,7 +10,7 @@ from ..data import ItemCatalog, PageSamples
 from ..decoding import beam_search
 from ..model import GenRecModel
 from ..sid import SIDTable, SIDTrie
-from ..train import collate, make_sft_dataset
+from ..train import catalog_index_of_sids, collate, make_sft_dataset
 from .metrics import DEFAULT_KS, evaluate
 
 
@@ -29,12 +29,14 @@ def recommend(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, ta
     device = next(model.parameters()).device
     dataset = make_sft_dataset(samples, catalog, table, "page", max_history=max_history)
     trie = SIDTrie.from_table(table).to(device)
+    to_catalog = torch.from_numpy(catalog_index_of_sids(catalog, table))
     items, generated = [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="beam search", unit="batch", disable=not progress):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
         result = beam_search(model, batch.history, batch.history_len, trie, beam_width=beam_width,
                              constrained=constrained, table=table)
-        items.append(result.items.cpu().numpy())
+        found = result.items.cpu()
+        items.append(torch.where(found >= 0, to_catalog[found.clamp(min=0)], -1).numpy())
         generated.append(torch.isfinite(result.scores).cpu().numpy())
     if not items:
         return np.zeros((0, beam_width), np.int64), np.zeros((0, beam_width), bool)

@@ -94,15 +94,15 @@ class GenRecModel(nn.Module):
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         return self.backbone.get_input_embeddings()(tokens + self.token_offset)
 
-    def prompt_items(self, batch: SFTBatch) -> tuple[Tensor, Tensor]:
-        """History as prompt vectors ``[B, P_items, H]`` and the number of them per example."""
+    def prompt_items(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor]:
+        """History ``[B, N, L]`` as prompt vectors ``[B, P_items, H]`` and the number of them per example."""
         if self.merger is not None:
-            return self.merger(batch.history + self.token_offset), batch.history_len
-        b, n, levels = batch.history.shape
-        return self.embed_tokens(batch.history.reshape(b, n * levels)), batch.history_len * levels
+            return self.merger(history + self.token_offset), history_len
+        b, n, levels = history.shape
+        return self.embed_tokens(history.reshape(b, n * levels)), history_len * levels
 
     def layout(self, batch: SFTBatch) -> Layout:
-        items, n_items = self.prompt_items(batch)
+        items, n_items = self.prompt_items(batch.history, batch.history_len)
         bsz, width, hidden = items.shape
         device = items.device
         prompt_len = n_items + 2
@@ -124,7 +124,7 @@ class GenRecModel(nn.Module):
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
         so every prompt ends at the same position and decoding steps append in lockstep."""
-        items, n_items = self.prompt_items(SFTBatch(history, history_len, history[:, :0, 0], history_len * 0))
+        items, n_items = self.prompt_items(history, history_len)
         bsz, width, _ = items.shape
         prompt_len = n_items + 2
         p = int(prompt_len.max())

@@ -43,15 +43,19 @@ class SFTBatch:
 def sid_codes_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
     """The SID of every catalogue item, ``[I, L]`` in catalogue order; an item without a SID is an error
     naming it (the table was built on another catalogue)."""
-    position = {item_id: i for i, item_id in enumerate(table.item_ids)}
-    keys = [str(i) if isinstance(i, (np.str_, str)) else i for i in catalog.ids.tolist()]
-    rows = np.array([position.get(k, position.get(str(k), -1)) for k in keys], dtype=np.int64)
+    rows = ItemCatalog(np.asarray(table.item_ids)).index(catalog.ids, missing="ignore")
     missing = np.flatnonzero(rows < 0)
     if len(missing):
-        named = ", ".join(repr(keys[i]) for i in missing[:5])
+        named = ", ".join(repr(catalog.ids[i].item()) for i in missing[:5])
         raise ValueError(f"{len(missing)} catalogue items have no SID in the SID table ({len(table)} items), "
                          f"e.g. {named}: rebuild the SIDs for this catalogue (genrec sid build)")
     return table.codes[rows]
+
+
+def catalog_index_of_sids(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
+    """The inverse direction, for decoding: the catalogue index of every SID-table row (-1 where the
+    catalogue lacks that item), so decoded SIDs map to the catalogue whatever the table's row order."""
+    return catalog.index(np.asarray(table.item_ids), missing="ignore")
 
 
 class SFTDataset(torch.utils.data.Dataset):
@@ -90,14 +94,6 @@ class SFTDataset(torch.utils.data.Dataset):
         else:
             target = self.tokens[self.example_item[i]]
         return self.tokens[history], target
-
-    def target_tokens(self) -> int:
-        """Total number of supervised tokens (for a unigram baseline or throughput)."""
-        per_item = self.vocab.levels
-        if self.objective == "point":
-            return len(self) * per_item
-        lengths = self.samples.target.end - self.samples.target.start
-        return int(lengths.sum()) * per_item + len(self)
 
 
 def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> SFTBatch:
