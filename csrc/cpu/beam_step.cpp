@@ -1,5 +1,11 @@
-// CPU kernel of genrec::beam_step: queries in parallel; per query, candidate (score, beam * K + code) pairs
-// from every live beam's valid children (or all K codes, unconstrained), then a partial sort for the top W'.
+// CPU kernel of genrec::beam_step: queries in parallel; per query one pass over its live beams that keeps the
+// best W' (score, beam * K + code) candidates in a bounded heap.
+//
+// Beam scores arrive best first (the previous step's output), and a beam's candidates can never beat its own
+// score, so once the heap is full most beams are rejected on their score alone, before their row is read;
+// the rest are rejected on the bound score + max(row) - lse(row) before any child is looked at. The row's
+// log-sum-exp is one vectorised pass (a polynomial exp the compiler can lay over SIMD lanes, ISA picked at
+// load time), computed only for beams that survive the first test.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,7 +13,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "beam_step_common.h"
@@ -15,11 +25,104 @@
 namespace genrec {
 namespace {
 
+// exp(x) for x <= 0, vectorisable: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial for e^r
+// (the Cephes expf coefficients, ~1 ulp), 2^n from the exponent bits. exp(0) is exactly 1. Inputs below
+// ln(FLT_MIN) are clamped there: their terms are < 1.2e-38 next to the row maximum's 1.
+inline __attribute__((always_inline)) float exp_nonpositive(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits (no floor call, so it vectorises).
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const int32_t n_int = std::bit_cast<int32_t>(shifted) - 0x4B400000;
+  const float n = shifted - 12582912.0f;
+  x -= n * 0.693359375f;
+  x -= n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * x + 1.3981999507e-3f;
+  p = p * x + 8.3334519073e-3f;
+  p = p * x + 4.1665795894e-2f;
+  p = p * x + 1.6666665459e-1f;
+  p = p * x + 5.0000001201e-1f;
+  p = p * x * x + x + 1.0f;
+  return p * std::bit_cast<float>((n_int + 127) << 23);
+}
+
+template <typename acc_t>
+struct RowStats {
+  acc_t max;  // largest logit
+  acc_t lse;  // log-sum-exp (-inf for a row of -inf)
+};
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) RowStats<float> row_stats(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  if (!(m > -std::numeric_limits<float>::infinity()) || std::isinf(m)) return {m, m};  // all -inf, +inf or NaN
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += exp_nonpositive(x[j] - m);
+  return {m, m + std::log(sum)};
+}
+
+RowStats<double> row_stats(const double* x, int64_t n) {  // float64: exact-reference checks, not speed
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+  if (!(m > -std::numeric_limits<double>::infinity()) || std::isinf(m)) return {m, m};
+  double sum = 0.0;
+  for (int64_t j = 0; j < n; ++j) sum += std::exp(x[j] - m);
+  return {m, m + std::log(sum)};
+}
+
+// The row in the accumulation type: itself, or widened into `buffer` (bf16).
+template <typename scalar_t, typename acc_t>
+const acc_t* as_acc(const scalar_t* row, int64_t n, std::vector<acc_t>& buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return row;
+  } else {
+    std::copy_n(row, n, buffer.begin());
+    return buffer.data();
+  }
+}
+
 template <typename acc_t>
 struct Candidate {
   acc_t score;
   int64_t key;    // beam * K + code: the tie-break order (lower first)
   int64_t child;  // trie node at the next depth, -1 unconstrained
+};
+
+// The order of the output: higher score first, then lower key. As the heap's "less", it puts the worst on top.
+template <typename acc_t>
+bool better(const Candidate<acc_t>& x, const Candidate<acc_t>& y) {
+  return x.score > y.score || (x.score == y.score && x.key < y.key);
+}
+
+// The best `capacity` candidates seen so far, worst on top.
+template <typename acc_t>
+class TopHeap {
+ public:
+  explicit TopHeap(int64_t capacity) : capacity_(capacity) { items_.reserve(capacity); }
+  void clear() { items_.clear(); }
+  bool full() const { return static_cast<int64_t>(items_.size()) == capacity_; }
+  // Whether a candidate scoring `score`, with a key above every key seen so far, could still get in.
+  bool admits_later(acc_t score) const { return !full() || score > items_.front().score; }
+  void offer(const Candidate<acc_t>& c) {
+    if (!full()) {
+      items_.push_back(c);
+      std::push_heap(items_.begin(), items_.end(), better<acc_t>);
+    } else if (better(c, items_.front())) {
+      std::pop_heap(items_.begin(), items_.end(), better<acc_t>);
+      items_.back() = c;
+      std::push_heap(items_.begin(), items_.end(), better<acc_t>);
+    }
+  }
+  const std::vector<Candidate<acc_t>>& sorted() {
+    std::sort_heap(items_.begin(), items_.end(), better<acc_t>);
+    return items_;
+  }
+
+ private:
+  int64_t capacity_;
+  std::vector<Candidate<acc_t>> items_;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
@@ -34,66 +137,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
   const auto codes = codes_in.contiguous();
   const int64_t* off = offsets.const_data_ptr<int64_t>();
   const int64_t* code = codes.const_data_ptr<int64_t>();
-  if (constrained) {  // the trie is tiny next to the logits: checking it up front keeps every read in bounds
-    for (int64_t i = 0; i <= a.nodes; ++i) {
-      TORCH_CHECK(off[i] >= 0 && off[i] <= a.children && (i == 0 || off[i] >= off[i - 1]),
-                  "beam_step: child_offsets[", i, "] = ", off[i], " is not a non-decreasing offset into [0, ",
-                  a.children, "]");
-    }
-    for (int64_t j = 0; j < a.children; ++j) {
-      TORCH_CHECK(code[j] >= 0 && code[j] < a.width, "beam_step: child_codes[", j, "] = ", code[j],
-                  " is outside [0, K = ", a.width, ")");
-    }
-    const int64_t* nd = nodes.const_data_ptr<int64_t>();
+  const int64_t* nd = nodes.const_data_ptr<int64_t>();
+  if (constrained) {
     for (int64_t i = 0; i < nodes.numel(); ++i) {
       TORCH_CHECK(nd[i] >= -1 && nd[i] < a.nodes, "beam_step: nodes[", i / a.beams, ", ", i % a.beams, "] = ", nd[i],
                   " is outside [-1, ", a.nodes, ")");
     }
   }
   auto [out_scores, out_codes, out_parents, out_nodes] = empty_beam_step_outputs(scores, a);
-  // The log-sum-exp of every beam in one vectorised, multi-threaded ATen pass; the loop below is then only
-  // candidate generation and selection.
-  const auto lse = at::logsumexp(logits.to(scores.scalar_type()), -1).contiguous();  // [B, W]
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, logits.scalar_type(), "beam_step", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* lg = logits.const_data_ptr<scalar_t>();
     const acc_t* sc = scores.const_data_ptr<acc_t>();
-    const int64_t* nd = nodes.const_data_ptr<int64_t>();
-    const acc_t* lse_p = lse.const_data_ptr<acc_t>();
     acc_t* o_sc = out_scores.mutable_data_ptr<acc_t>();
     int64_t* o_code = out_codes.mutable_data_ptr<int64_t>();
     int64_t* o_par = out_parents.mutable_data_ptr<int64_t>();
     int64_t* o_node = out_nodes.mutable_data_ptr<int64_t>();
     const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
     at::parallel_for(0, a.batch, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<Candidate<acc_t>> cands;
+      TopHeap<acc_t> heap(a.out_beams);
+      std::vector<acc_t> widened(std::is_same_v<scalar_t, acc_t> ? 0 : a.width);  // bf16 row as float
       for (int64_t b = b0; b < b1; ++b) {
-        cands.clear();
+        heap.clear();
         for (int64_t w = 0; w < a.beams; ++w) {
           const acc_t s = sc[b * a.beams + w];
           const int64_t node = nd[b * a.beams + w];
           if (!(s > neg_inf) || (constrained && node < 0)) continue;  // dead beam (or NaN score)
-          const scalar_t* row = lg + (b * a.beams + w) * a.width;
-          const acc_t base = s - lse_p[b * a.beams + w];  // s + log_softmax(row)[c] = base + row[c]
+          // Every candidate of this beam scores <= s and has a larger key than all kept so far.
+          if (!heap.admits_later(s)) continue;
+          const acc_t* row = as_acc(lg + (b * a.beams + w) * a.width, a.width, widened);
+          const RowStats<acc_t> st = row_stats(row, a.width);
+          // s + (x - lse) is the reference's score + log_softmax, and never exceeds s (x - lse <= 0).
+          if (!heap.admits_later(s + (st.max - st.lse))) continue;
           if (constrained) {
-            for (int64_t j = off[node]; j < off[node + 1]; ++j) {
-              cands.push_back({base + static_cast<acc_t>(row[code[j]]), w * a.width + code[j], j});
+            const int64_t lo = off[node], hi = off[node + 1];
+            TORCH_CHECK(lo >= 0 && lo <= a.children, "beam_step: child_offsets[", node, "] = ", lo,
+                        " is not a non-decreasing offset into [0, ", a.children, "]");
+            TORCH_CHECK(hi >= lo && hi <= a.children, "beam_step: child_offsets[", node + 1, "] = ", hi,
+                        " is not a non-decreasing offset into [0, ", a.children, "]");
+            for (int64_t j = lo; j < hi; ++j) {
+              const int64_t c = code[j];
+              TORCH_CHECK(c >= 0 && c < a.width, "beam_step: child_codes[", j, "] = ", c, " is outside [0, K = ",
+                          a.width, ")");
+              const acc_t v = s + (row[c] - st.lse);
+              if (v > neg_inf) heap.offer({v, w * a.width + c, j});
             }
           } else {
-            for (int64_t c = 0; c < a.width; ++c) cands.push_back({base + static_cast<acc_t>(row[c]), w * a.width + c, -1});
+            for (int64_t c = 0; c < a.width; ++c) {
+              const acc_t v = s + (row[c] - st.lse);
+              if (v > neg_inf) heap.offer({v, w * a.width + c, -1});
+            }
           }
         }
-        const int64_t keep = std::min<int64_t>(a.out_beams, static_cast<int64_t>(cands.size()));
-        std::partial_sort(cands.begin(), cands.begin() + keep, cands.end(), [](const auto& x, const auto& y) {
-          return x.score > y.score || (x.score == y.score && x.key < y.key);
-        });
+        const auto& best = heap.sorted();
         for (int64_t i = 0; i < a.out_beams; ++i) {
           const int64_t o = b * a.out_beams + i;
-          if (i < keep && cands[i].score > neg_inf) {
-            o_sc[o] = cands[i].score;
-            o_code[o] = cands[i].key % a.width;
-            o_par[o] = cands[i].key / a.width;
-            o_node[o] = cands[i].child;
+          if (i < static_cast<int64_t>(best.size())) {
+            o_sc[o] = best[i].score;
+            o_code[o] = best[i].key % a.width;
+            o_par[o] = best[i].key / a.width;
+            o_node[o] = best[i].child;
           } else {  // fewer continuations than beams: dead slots that can never win again
             o_sc[o] = neg_inf;
             o_code[o] = -1;

@@ -45,6 +45,25 @@ def test_matches_the_trie_walking_reference(args):
     assert_same(beam_step(**args), reference.beam_step(**args))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_serving_shape_matches_the_reference_in_any_beam_order(dtype, constrained):
+    # 50 beams over 256 codes, as in serving: the float32 log-sum-exp and the pruning (beam scores usually
+    # arrive best first, but must not have to) against the reference.
+    rng = np.random.default_rng(0)
+    trie = SIDTrie.from_codes(np.unique(rng.integers(0, 256, (3000, 2)), axis=0), [256, 256])
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 50, 256, generator=g) * 3).to(dtype)
+    scores = torch.randn(2, 50, generator=g).sort(-1, descending=True).values
+    nodes = torch.randint(0, trie.num_nodes(1), (2, 50), generator=g)
+    for order in (torch.arange(50), torch.randperm(50, generator=g)):
+        args = (logits[:, order], scores[:, order], nodes[:, order], trie.offsets[1], trie.codes[1], 50, constrained)
+        got, want = beam_step(*args), reference.beam_step(*args)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=2e-6)
+        for g_, w_ in zip(got[1:], want[1:]):
+            assert torch.equal(g_, w_)
+
+
 def _trie():
     # SIDs (0,1) (0,3) (2,0): root children 0 and 2; node "0" has children 1, 3; node "2" has child 0.
     return SIDTrie.from_codes(np.array([[0, 1], [0, 3], [2, 0]]), [4, 4])
