@@ -7,6 +7,8 @@ and one step alone against an eager PyTorch masked-top-k step.
 
 Defaults: W = 50, 3 levels of 256 codes, a 10k-item catalogue, batches of 1 / 16 / 64 queries, 20-item
 histories, the `tiny` preset (the decoder's cost is the same for both; what differs is the search around it).
+Ours and HF run in alternating rounds (--hf-reps rounds of --reps / --hf-reps runs of ours and one of HF), so
+both see the same machine.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def latencies(fn, device: str, reps: int) -> list[float]:
     return out
 
 
+def paired_latencies(ours, theirs, device: str, rounds: int, ours_per_round: int) -> tuple[list[float], list[float]]:
+    """Latencies of both, measured in alternating rounds, so that a shared or throttled machine slows both
+    sides alike and the ratio stays meaningful."""
+    ours_ms, theirs_ms = [], []
+    for _ in range(rounds):
+        ours_ms += latencies(ours, device, ours_per_round)
+        theirs_ms += latencies(theirs, device, 1)
+    return ours_ms, theirs_ms
+
+
 def hf_generate(model, history, lengths, trie_prefixes, vocab, width):
     embeds, mask, _ = model.prompt_inputs(history, lengths)
     offsets = vocab.offsets
@@ -70,8 +82,8 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=50)
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--history", type=int, default=20)
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--hf-reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--hf-reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
     device, width = args.device, args.beam
@@ -92,8 +104,9 @@ def main() -> None:
         history = vocab.tokens(torch.from_numpy(sids[rng.integers(0, len(sids), (batch, args.history))])).to(device)
         lengths = torch.full((batch,), args.history, device=device)
         with torch.no_grad():
-            ours = latencies(lambda: beam_search(model, history, lengths, trie_device, beam_width=width), device, args.reps)
-            hf = latencies(lambda: hf_generate(model, history, lengths, prefixes, vocab, width), device, args.hf_reps)
+            ours, hf = paired_latencies(lambda: beam_search(model, history, lengths, trie_device, beam_width=width),
+                                        lambda: hf_generate(model, history, lengths, prefixes, vocab, width), device,
+                                        args.hf_reps, max(1, args.reps // args.hf_reps))
         # One step alone at depth 1 (W beams in, each on a level-1 node), ours vs eager masked top-k.
         nodes = torch.from_numpy(rng.integers(0, trie.num_nodes(1), (batch, width))).to(device)
         logits = torch.randn(batch, width, levels[1], device=device)

@@ -31,4 +31,12 @@ TORCH_LIBRARY(genrec, m) {
   m.def(
       "beam_step(Tensor logits, Tensor scores, Tensor nodes, Tensor child_offsets, Tensor child_codes, "
       "int beam_width, bool constrained) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Decode-step attention of W beams that share a prompt (inference only). q [B, W, Hq, D] (one new token
+  // per beam); the prompt's keys/values once per query, prefix_k/prefix_v [B, Hkv, P, D], with prefix_mask
+  // [B, P] (bool, true = attend); each beam's own decoded keys/values own_k/own_v [B, W, Hkv, T, D], T >= 1.
+  // Query head h reads KV head h / (Hq / Hkv). out[b, w, h] = softmax(scale * q . [prefix keys; own keys]) @
+  // [prefix values; own values], accumulated in float32 (float64 for float64). Returns [B, W, Hq, D].
+  m.def(
+      "shared_prefix_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_mask, Tensor own_k, "
+      "Tensor own_v, float scale) -> Tensor");
 }

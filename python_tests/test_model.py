@@ -102,10 +102,10 @@ def test_save_and_reload_give_identical_logits(world, tmp_path):
 def test_pretrained_checkpoint_is_extended_with_sid_tokens(world, tmp_path):
     ds, batch = batch_of(world)
     hf = Qwen2Config(vocab_size=500, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                     intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True)
+                     intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True, rope_theta=1e6)
     Qwen2ForCausalLM(hf).save_pretrained(tmp_path / "qwen")  # a stand-in for a local Qwen2.5 directory
     model = build_model(ModelConfig(checkpoint=str(tmp_path / "qwen")), ds.vocab)
-    assert model.token_offset == 500 and model.config.hidden_size == 32
+    assert model.token_offset == 500 and model.config.hidden_size == 32 and model.config.rope_theta == 1e6
     assert model.backbone.get_input_embeddings().num_embeddings == 500 + ds.vocab.size
     out = model(batch)
     out.loss.backward()

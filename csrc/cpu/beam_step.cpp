@@ -4,8 +4,7 @@
 // Beam scores arrive best first (the previous step's output), and a beam's candidates can never beat its own
 // score, so once the heap is full most beams are rejected on their score alone, before their row is read;
 // the rest are rejected on the bound score + max(row) - lse(row) before any child is looked at. The row's
-// log-sum-exp is one vectorised pass (a polynomial exp the compiler can lay over SIMD lanes, ISA picked at
-// load time), computed only for beams that survive the first test.
+// log-sum-exp (cpu/vec_math.h) is computed only for beams that survive the first test.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -21,30 +19,10 @@
 #include <vector>
 
 #include "beam_step_common.h"
+#include "cpu/vec_math.h"
 
 namespace genrec {
 namespace {
-
-// exp(x) for x <= 0, vectorisable: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial for e^r
-// (the Cephes expf coefficients, ~1 ulp), 2^n from the exponent bits. exp(0) is exactly 1. Inputs below
-// ln(FLT_MIN) are clamped there: their terms are < 1.2e-38 next to the row maximum's 1.
-inline __attribute__((always_inline)) float exp_nonpositive(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  // n = round(x / ln2): adding 1.5 * 2^23 leaves n in the low mantissa bits (no floor call, so it vectorises).
-  const float shifted = x * 1.44269504088896341f + 12582912.0f;
-  const int32_t n_int = std::bit_cast<int32_t>(shifted) - 0x4B400000;
-  const float n = shifted - 12582912.0f;
-  x -= n * 0.693359375f;
-  x -= n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * x + 1.3981999507e-3f;
-  p = p * x + 8.3334519073e-3f;
-  p = p * x + 4.1665795894e-2f;
-  p = p * x + 1.6666665459e-1f;
-  p = p * x + 5.0000001201e-1f;
-  p = p * x * x + x + 1.0f;
-  return p * std::bit_cast<float>((n_int + 127) << 23);
-}
 
 template <typename acc_t>
 struct RowStats {
@@ -52,15 +30,10 @@ struct RowStats {
   acc_t lse;  // log-sum-exp (-inf for a row of -inf)
 };
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) RowStats<float> row_stats(const float* x, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
+RowStats<float> row_stats(const float* x, int64_t n) {
+  const float m = cpu::row_max(x, n);
   if (!(m > -std::numeric_limits<float>::infinity()) || std::isinf(m)) return {m, m};  // all -inf, +inf or NaN
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += exp_nonpositive(x[j] - m);
-  return {m, m + std::log(sum)};
+  return {m, m + std::log(cpu::sum_exp_shifted(x, n, m))};
 }
 
 RowStats<double> row_stats(const double* x, int64_t n) {  // float64: exact-reference checks, not speed

@@ -6,6 +6,6 @@
 namespace genrec::cuda {
 
 // The launchers see raw pointers only; the glue passes the element type as this tag.
-enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat64 = 2 };
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat64 = 2, kFloat16 = 3 };
 
 }  // namespace genrec::cuda

@@ -2,17 +2,24 @@
 
 After prefill, every query's W beams differ only in the at most L - 1 SID tokens decoded so far. A standard
 KV cache copies (and re-gathers, every step) the whole prompt cache W times; here the prompt's keys and
-values stay once per query and all its beams attend to them through a broadcasting einsum, while only the
-decoded tokens' keys and values live per beam (and are reordered by parent beam, a few rows each step).
-The layer maths is Qwen2's (RMSNorm, q/k/v with bias, rotary embeddings, GQA, SwiGLU MLP), reusing the
-backbone's own modules, so the result equals a cached forward of the full sequence (tested).
+values stay once per query and all its beams attend to them (``genrec::shared_prefix_attention``), while only
+the decoded tokens' keys and values live per beam (and are reordered by parent beam, a few rows each step).
+
+The layer maths is Qwen2's (RMSNorm, q/k/v with bias, rotary embeddings, GQA, SwiGLU MLP) on the backbone's
+own weights, so the result equals a cached forward of the full sequence (tested), written for a decode step's
+shape: q/k/v and gate/up are one GEMM each (fused copies of the weights, rebuilt only when the weights
+change), queries and keys are rotated together, and the rotation is computed once per query, not per beam.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
-from torch import Tensor
-from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import shared_prefix_attention
 
 
 def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
@@ -22,13 +29,41 @@ def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
     return cache.key_cache[index], cache.value_cache[index]
 
 
+def _linear_bias(linear: nn.Linear) -> Tensor:
+    return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+
+
+_FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused_weights(layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """(q|k|v weight, q|k|v bias, gate|up weight) of a decoder layer, cached until any of them changes."""
+    attn, mlp = layer.self_attn, layer.mlp
+    parts = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight]
+    parts += [p.bias for p in (attn.q_proj, attn.k_proj, attn.v_proj) if p.bias is not None]
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+    hit = _FUSED.get(layer)
+    if hit is None or hit[0] != key:
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        with torch.no_grad():
+            hit = (key, torch.cat([p.weight for p in projections]), torch.cat([_linear_bias(p) for p in projections]),
+                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        _FUSED[layer] = hit
+    return hit[1:]
+
+
+def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """Rotary embedding ``x * cos + rotate_half(x) * sin``; rotate_half(x) = roll(x, d/2) * [-1.., +1..], with
+    the sign folded into ``sin_signed``."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
 class SharedPrefixDecoder:
     def __init__(self, backbone_model, cache, prompt_mask: Tensor) -> None:
         self.model = backbone_model
         self.layers = backbone_model.layers
         self.prefix = [_layer_kv(cache, i) for i in range(len(self.layers))]  # [B, kvh, P, hd] each
-        self.prefix_bias = torch.zeros(prompt_mask.shape, dtype=torch.float32, device=prompt_mask.device).masked_fill(
-            ~prompt_mask, float("-inf"))[:, None, None, None, :]  # [B, 1, 1, 1, P]
+        self.prompt_mask = prompt_mask  # [B, P] bool, false in the left padding
         self.own: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)  # [B, W, kvh, t, hd]
 
     def reorder(self, parents: Tensor) -> None:
@@ -39,32 +74,30 @@ class SharedPrefixDecoder:
                 self.own[i] = (kv[0].gather(1, idx), kv[1].gather(1, idx))
 
     def step(self, embeds: Tensor, positions: Tensor) -> Tensor:
-        """One token per beam: ``embeds [B, W, H]`` at ``positions [B, W]`` -> final hidden states ``[B, W, H]``."""
+        """One token per beam: ``embeds [B, W, H]`` at ``positions [B]`` (the same for all of a query's beams)
+        -> final hidden states ``[B, W, H]``."""
         bsz, beams, hidden = embeds.shape
         h = embeds
-        cos, sin = self.model.rotary_emb(h.reshape(bsz * beams, 1, hidden), positions.reshape(bsz * beams, 1))
+        cos, sin = self.model.rotary_emb(h[:, :1], positions[:, None])  # [B, 1, hd]: once per query
+        half = cos.shape[-1] // 2
+        cos, sin_signed = cos[:, :, None], torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            hd = attn.head_dim
-            q = attn.q_proj(x).view(bsz * beams, -1, 1, hd)
-            k = attn.k_proj(x).view(bsz * beams, -1, 1, hd)
-            v = attn.v_proj(x).view(bsz, beams, -1, 1, hd)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            kv_heads = k.shape[1]
-            k = k.view(bsz, beams, kv_heads, 1, hd)
+            hd, heads, kv_heads = attn.head_dim, attn.config.num_attention_heads, attn.config.num_key_value_heads
+            w_qkv, b_qkv, w_gate_up = _fused_weights(layer)
+            norm = layer.input_layernorm
+            x = F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon)
+            qkv = F.linear(x, w_qkv, b_qkv).view(bsz, beams, heads + 2 * kv_heads, hd)
+            qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin_signed)
+            q, k, v = qk[:, :, :heads], qk[:, :, heads:, None], qkv[:, :, heads + kv_heads :, None]  # k, v: [B, W, kvh, 1, hd]
             own = self.own[i]
             own_k = k if own is None else torch.cat([own[0], k], 3)
             own_v = v if own is None else torch.cat([own[1], v], 3)
             self.own[i] = (own_k, own_v)
             prefix_k, prefix_v = self.prefix[i]
-            qg = q.view(bsz, beams, kv_heads, -1, hd) * attn.scaling  # GQA: query heads grouped per KV head
-            scores = torch.cat([torch.einsum("bwkgd,bkpd->bwkgp", qg, prefix_k).float() + self.prefix_bias,
-                                torch.einsum("bwkgd,bwktd->bwkgt", qg, own_k).float()], -1)
-            probs = torch.softmax(scores, -1).to(qg.dtype)
-            plen = prefix_k.shape[2]
-            out = (torch.einsum("bwkgp,bkpd->bwkgd", probs[..., :plen], prefix_v)
-                   + torch.einsum("bwkgt,bwktd->bwkgd", probs[..., plen:], own_v))
+            out = shared_prefix_attention(q, prefix_k, prefix_v, self.prompt_mask, own_k, own_v, attn.scaling)
             h = h + attn.o_proj(out.reshape(bsz, beams, -1))
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+            norm = layer.post_attention_layernorm
+            gate, up = F.linear(F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon), w_gate_up).chunk(2, -1)
+            h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
         return self.model.norm(h)

@@ -54,6 +54,12 @@ class Layout:
     labels: Tensor  # [num supervised positions] our token ids, in label_mask order
 
 
+def _rope_theta(hf_config) -> float:
+    """RoPE base of a Qwen2 config (transformers 5 keeps it in ``rope_parameters``, 4.x as ``rope_theta``)."""
+    params = getattr(hf_config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(hf_config, "rope_theta", 1e4)))
+
+
 class GenRecModel(nn.Module):
     def __init__(self, config: ModelConfig, vocab: SIDVocab, backbone: Qwen2ForCausalLM, token_offset: int = 0):
         super().__init__()
@@ -77,7 +83,7 @@ class GenRecModel(nn.Module):
             backbone.resize_token_embeddings(offset + vocab.size)
             h = backbone.config
             config = ModelConfig(h.hidden_size, h.num_hidden_layers, h.num_attention_heads, h.num_key_value_heads,
-                                 h.intermediate_size, h.max_position_embeddings, getattr(h, "rope_theta", 1e4),
+                                 h.intermediate_size, h.max_position_embeddings, _rope_theta(h),
                                  h.tie_word_embeddings, config.token_merger, config.checkpoint)
             return cls(config, vocab, backbone, offset)
         hf = Qwen2Config(

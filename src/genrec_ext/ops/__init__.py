@@ -3,6 +3,7 @@
 from .beam_step import beam_step
 from .registry import OPS, kernel_devices
 from .rq_assign import rq_assign
+from .shared_prefix_attention import shared_prefix_attention
 from .token_merge import token_merge
 
-__all__ = ["OPS", "beam_step", "kernel_devices", "rq_assign", "token_merge"]
+__all__ = ["OPS", "beam_step", "kernel_devices", "rq_assign", "shared_prefix_attention", "token_merge"]

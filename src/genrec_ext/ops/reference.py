@@ -61,3 +61,20 @@ def beam_step(logits: Tensor, scores: Tensor, nodes: Tensor, child_offsets: Tens
         for i, (score, w, c, child) in enumerate(x for x in candidates[:beam_width] if x[0] > float("-inf")):
             out[0][b, i], out[1][b, i], out[2][b, i], out[3][b, i] = score, c, w, child
     return tuple(out)
+
+
+def shared_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefix_mask: Tensor, own_k: Tensor,
+                            own_v: Tensor, scale: float) -> Tensor:
+    """Each beam's query against [the query's prompt keys (masked); the beam's own keys], softmax, values;
+    in float32 (float64 for float64) with broadcasting einsums: the prompt is never copied per beam."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    bsz, beams, heads, dim = q.shape
+    kv_heads, plen = prefix_k.shape[1], prefix_k.shape[2]
+    qg = q.to(acc).reshape(bsz, beams, kv_heads, heads // kv_heads, dim) * scale  # GQA groups per KV head
+    prefix_scores = torch.einsum("bwkgd,bkpd->bwkgp", qg, prefix_k.to(acc))
+    prefix_scores = prefix_scores.masked_fill(~prefix_mask[:, None, None, None, :], float("-inf"))
+    own_scores = torch.einsum("bwkgd,bwktd->bwkgt", qg, own_k.to(acc))
+    probs = torch.softmax(torch.cat([prefix_scores, own_scores], -1), -1)
+    out = (torch.einsum("bwkgp,bkpd->bwkgd", probs[..., :plen], prefix_v.to(acc))
+           + torch.einsum("bwkgt,bwktd->bwkgd", probs[..., plen:], own_v.to(acc)))
+    return out.reshape(bsz, beams, heads, dim).to(q.dtype)

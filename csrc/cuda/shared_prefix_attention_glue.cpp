@@ -1,0 +1,46 @@
+// CUDA registration of genrec::shared_prefix_attention: checks, device guard and stream around the launcher.
+// No host sync, so a decode step can be captured in a CUDA graph.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "cuda/shared_prefix_attention.h"
+#include "shared_prefix_attention_common.h"
+
+namespace genrec {
+namespace {
+
+at::Tensor shared_prefix_attention_cuda(const at::Tensor& q_in, const at::Tensor& prefix_k_in,
+                                        const at::Tensor& prefix_v_in, const at::Tensor& prefix_mask_in,
+                                        const at::Tensor& own_k_in, const at::Tensor& own_v_in, double scale) {
+  const auto a =
+      check_shared_prefix_attention_args(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
+  TORCH_CHECK(a.dim <= cuda::kSharedPrefixMaxDim, "shared_prefix_attention: head dimension D = ", a.dim,
+              " is above the CUDA kernel's ", cuda::kSharedPrefixMaxDim);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const auto q = q_in.contiguous();
+  const auto prefix_k = prefix_k_in.contiguous();
+  const auto prefix_v = prefix_v_in.contiguous();
+  const auto prefix_mask = prefix_mask_in.contiguous();
+  const auto own_k = own_k_in.contiguous();
+  const auto own_v = own_v_in.contiguous();
+  auto out = at::empty_like(q);
+  const auto st = q.scalar_type();
+  const auto type = st == at::kDouble     ? cuda::DType::kFloat64
+                    : st == at::kBFloat16 ? cuda::DType::kBFloat16
+                    : st == at::kHalf     ? cuda::DType::kFloat16
+                                          : cuda::DType::kFloat32;
+  C10_CUDA_CHECK(cuda::launch_shared_prefix_attention(
+      type, q.const_data_ptr(), prefix_k.const_data_ptr(), prefix_v.const_data_ptr(),
+      prefix_mask.const_data_ptr<bool>(), own_k.const_data_ptr(), own_v.const_data_ptr(), out.mutable_data_ptr(),
+      a.batch, a.beams, a.heads, a.kv_heads, a.prefix, a.own, a.dim, scale, c10::cuda::getCurrentCUDAStream().stream()));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genrec, CUDA, m) { m.impl("shared_prefix_attention", &shared_prefix_attention_cuda); }
+
+}  // namespace genrec
