@@ -139,13 +139,16 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
                                        const at::Tensor& own_k_in, const at::Tensor& own_v_in, double scale) {
   const auto a =
       check_shared_prefix_attention_args(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
-  const auto q = q_in.contiguous();
+  // q and the own keys / values are read through their strides (the decoder passes views into its fused
+  // q|k|v projection and its per-beam cache buffer); only their last dimension must be dense.
+  const auto dense_rows = [](const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); };
+  const auto q = dense_rows(q_in);
   const auto prefix_k = prefix_k_in.contiguous();
   const auto prefix_v = prefix_v_in.contiguous();
   const auto prefix_mask = prefix_mask_in.contiguous();
-  const auto own_k = own_k_in.contiguous();
-  const auto own_v = own_v_in.contiguous();
-  auto out = at::empty_like(q);
+  const auto own_k = dense_rows(own_k_in);
+  const auto own_v = dense_rows(own_v_in);
+  auto out = at::empty(q.sizes(), q.options());
   const int64_t group = a.heads / a.kv_heads, rows = a.beams * group;  // rows per (query, KV head)
   // Rows per task: enough to amortise the task's copy of the prompt, and enough tasks for every thread.
   const int64_t block = std::clamp<int64_t>((rows + at::get_num_threads() - 1) / at::get_num_threads(), 8, 64);
@@ -185,14 +188,14 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
         const int64_t j1 = std::min(rows, (task % blocks + 1) * block);
         for (int64_t j = task % blocks * block; j < j1; ++j) {
           const int64_t w = j / group, h = kvh * group + j % group, r = b * a.beams + w;
-          const scalar_t* qh = qp + (r * a.heads + h) * D;
+          const scalar_t* qh = qp + b * q.stride(0) + w * q.stride(1) + h * q.stride(2);
           for (int64_t d = 0; d < D; ++d) query[d] = static_cast<acc_t>(qh[d]) * sc;
-          const scalar_t* ok_h = ok + (r * a.kv_heads + kvh) * a.own * D;
-          const scalar_t* ov_h = ov + (r * a.kv_heads + kvh) * a.own * D;
+          const scalar_t* ok_h = ok + b * own_k.stride(0) + w * own_k.stride(1) + kvh * own_k.stride(2);
+          const scalar_t* ov_h = ov + b * own_v.stride(0) + w * own_v.stride(1) + kvh * own_v.stride(2);
           for (int64_t t = 0; t < a.own; ++t) {
             for (int64_t d = 0; d < D; ++d) {
-              panel.own_keys[t * panel.value_stride + d] = static_cast<acc_t>(ok_h[t * D + d]);
-              panel.own_values[t * panel.value_stride + d] = static_cast<acc_t>(ov_h[t * D + d]);
+              panel.own_keys[t * panel.value_stride + d] = static_cast<acc_t>(ok_h[t * own_k.stride(3) + d]);
+              panel.own_values[t * panel.value_stride + d] = static_cast<acc_t>(ov_h[t * own_v.stride(3) + d]);
             }
           }
           attend_row(query.data(), panel, visible, a.own, D, weights.data(), result.data());

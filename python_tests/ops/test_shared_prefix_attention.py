@@ -82,6 +82,16 @@ def test_strided_inputs_and_a_huge_prompt_padding_value():
     assert torch.isfinite(shared_prefix_attention(**args)).all()
 
 
+def test_own_keys_read_in_place_from_a_larger_cache_buffer():
+    # How the decoder passes them: slots [:t] of a [2, B, W, kvh, steps, hd] buffer, never copied.
+    args = make_inputs(own=2)
+    buffer = torch.randn(2, *args["own_k"].shape[:3], 5, args["own_k"].shape[-1])
+    buffer[0, :, :, :, :2], buffer[1, :, :, :, :2] = args["own_k"], args["own_v"]
+    view = {**args, "own_k": buffer[0, :, :, :, :2], "own_v": buffer[1, :, :, :, :2]}
+    assert not view["own_k"].is_contiguous()
+    torch.testing.assert_close(shared_prefix_attention(**view), shared_prefix_attention(**args), rtol=0, atol=0)
+
+
 def test_opcheck_and_compile():
     args = make_inputs()
     torch.library.opcheck(OP, tuple(args.values()))

@@ -51,7 +51,7 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     trie = trie.to(device)
     embeds, mask, positions = model.prompt_inputs(history, history_len)
     hidden, cache = _prefill(model, embeds, mask, positions)  # once per query
-    decoder = SharedPrefixDecoder(model.backbone.model, cache, mask)
+    decoder = SharedPrefixDecoder(model.backbone.model, cache, mask, steps=model.vocab.levels - 1)
     bsz = history.shape[0]
     scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)
     nodes = torch.zeros(bsz, 1, dtype=torch.int64, device=device)

@@ -59,24 +59,31 @@ def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
 
 
 class SharedPrefixDecoder:
-    def __init__(self, backbone_model, cache, prompt_mask: Tensor) -> None:
+    def __init__(self, backbone_model, cache, prompt_mask: Tensor, steps: int) -> None:
         self.model = backbone_model
         self.layers = backbone_model.layers
         self.prefix = [_layer_kv(cache, i) for i in range(len(self.layers))]  # [B, kvh, P, hd] each
         self.prompt_mask = prompt_mask  # [B, P] bool, false in the left padding
-        self.own: list[tuple[Tensor, Tensor] | None] = [None] * len(self.layers)  # [B, W, kvh, t, hd]
+        self.steps = steps
+        # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, kvh, steps, hd], filled up to
+        # `length`: a step writes one slot per layer, and a reorder is one gather for all layers.
+        self.own: Tensor | None = None
+        self.length = 0
 
     def reorder(self, parents: Tensor) -> None:
         """New beam (b, i) continues old beam (b, parents[b, i]) (parents >= 0)."""
-        for i, kv in enumerate(self.own):
-            if kv is not None:
-                idx = parents[:, :, None, None, None].expand(-1, -1, *kv[0].shape[2:])
-                self.own[i] = (kv[0].gather(1, idx), kv[1].gather(1, idx))
+        if self.length:
+            filled = self.own[..., : self.length, :]
+            index = parents[None, None, :, :, None, None, None].expand(filled.shape)
+            filled.copy_(filled.gather(3, index))
 
     def step(self, embeds: Tensor, positions: Tensor) -> Tensor:
         """One token per beam: ``embeds [B, W, H]`` at ``positions [B]`` (the same for all of a query's beams)
         -> final hidden states ``[B, W, H]``."""
         bsz, beams, hidden = embeds.shape
+        if self.length == self.steps:
+            raise RuntimeError(f"SharedPrefixDecoder was made for {self.steps} steps")
+        t = self.length
         h = embeds
         cos, sin = self.model.rotary_emb(h[:, :1], positions[:, None])  # [B, 1, hd]: once per query
         half = cos.shape[-1] // 2
@@ -89,15 +96,17 @@ class SharedPrefixDecoder:
             x = F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon)
             qkv = F.linear(x, w_qkv, b_qkv).view(bsz, beams, heads + 2 * kv_heads, hd)
             qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin_signed)
-            q, k, v = qk[:, :, :heads], qk[:, :, heads:, None], qkv[:, :, heads + kv_heads :, None]  # k, v: [B, W, kvh, 1, hd]
-            own = self.own[i]
-            own_k = k if own is None else torch.cat([own[0], k], 3)
-            own_v = v if own is None else torch.cat([own[1], v], 3)
-            self.own[i] = (own_k, own_v)
+            q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]  # k, v: [B, W, kvh, hd]
+            if self.own is None:
+                self.own = qkv.new_empty(len(self.layers), 2, bsz, beams, kv_heads, self.steps, hd)
+            own = self.own[i, :, :, :, :, : t + 1]  # [2, B, W, kvh, t + 1, hd]
+            own[0, :, :, :, t] = k
+            own[1, :, :, :, t] = v
             prefix_k, prefix_v = self.prefix[i]
-            out = shared_prefix_attention(q, prefix_k, prefix_v, self.prompt_mask, own_k, own_v, attn.scaling)
+            out = shared_prefix_attention(q, prefix_k, prefix_v, self.prompt_mask, own[0], own[1], attn.scaling)
             h = h + attn.o_proj(out.reshape(bsz, beams, -1))
             norm = layer.post_attention_layernorm
             gate, up = F.linear(F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon), w_gate_up).chunk(2, -1)
             h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        self.length += 1
         return self.model.norm(h)
