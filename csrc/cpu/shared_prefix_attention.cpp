@@ -49,6 +49,21 @@ struct Panel {
         values(prefix * value_stride), own_keys(own * value_stride), own_values(own * value_stride) {}
 };
 
+// sum_i c[i] * x[i * stride .. i * stride + kLanes) for i < n, with four independent accumulators (a single
+// one would wait on each multiply-add's latency).
+inline __attribute__((always_inline)) Vec weighted_rows(const float* c, const float* x, int64_t stride, int64_t n) {
+  Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    a0 += c[i] * load(x + i * stride);
+    a1 += c[i + 1] * load(x + (i + 1) * stride);
+    a2 += c[i + 2] * load(x + (i + 2) * stride);
+    a3 += c[i + 3] * load(x + (i + 3) * stride);
+  }
+  for (; i < n; ++i) a0 += c[i] * load(x + i * stride);
+  return (a0 + a1) + (a2 + a3);
+}
+
 // One row (a beam and query head): `query` (scaled) against `visible` prompt keys and `own` own keys; the
 // attention output goes to out[0..dim). `weights` holds round_up(visible + own) values, `out` value_stride.
 // Scores are summed in registers across keys, outputs across dimensions: no horizontal sums, and no
@@ -57,20 +72,8 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_row(con
                                                                            const Panel<float>& panel,
                                                                            int64_t visible, int64_t own, int64_t dim,
                                                                            float* weights, float* out) {
-  // Four independent accumulators per block: a single one would wait on each multiply-add's latency.
   for (int64_t p0 = 0; p0 < visible; p0 += kLanes) {
-    const float* k = panel.keys_t.data() + p0;
-    const int64_t ks = panel.key_stride;
-    Vec s0 = {}, s1 = {}, s2 = {}, s3 = {};
-    int64_t d = 0;
-    for (; d + 4 <= dim; d += 4) {
-      s0 += query[d] * load(k + d * ks);
-      s1 += query[d + 1] * load(k + (d + 1) * ks);
-      s2 += query[d + 2] * load(k + (d + 2) * ks);
-      s3 += query[d + 3] * load(k + (d + 3) * ks);
-    }
-    for (; d < dim; ++d) s0 += query[d] * load(k + d * ks);
-    store(weights + p0, (s0 + s1) + (s2 + s3));
+    store(weights + p0, weighted_rows(query, panel.keys_t.data() + p0, panel.key_stride, dim));
   }
   for (int64_t t = 0; t < own; ++t) {  // after the blocks above, whose last may spill past `visible`
     Vec s = {};
@@ -96,19 +99,11 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_row(con
   }
   const float inv = 1.0f / cpu::hsum(sum);  // >= 1: the maximum contributes exactly 1
   for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
-    const float* v = panel.values.data() + j0;
-    const int64_t vs = panel.value_stride;
-    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    int64_t p = 0;
-    for (; p + 4 <= visible; p += 4) {
-      a0 += weights[p] * load(v + p * vs);
-      a1 += weights[p + 1] * load(v + (p + 1) * vs);
-      a2 += weights[p + 2] * load(v + (p + 2) * vs);
-      a3 += weights[p + 3] * load(v + (p + 3) * vs);
+    Vec acc = weighted_rows(weights, panel.values.data() + j0, panel.value_stride, visible);
+    for (int64_t t = 0; t < own; ++t) {
+      acc += weights[visible + t] * load(panel.own_values.data() + t * panel.value_stride + j0);
     }
-    for (; p < visible; ++p) a0 += weights[p] * load(v + p * vs);
-    for (int64_t t = 0; t < own; ++t) a1 += weights[visible + t] * load(panel.own_values.data() + t * vs + j0);
-    store(out + j0, ((a0 + a1) + (a2 + a3)) * inv);
+    store(out + j0, acc * inv);
   }
 }
 
