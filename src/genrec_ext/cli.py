@@ -20,7 +20,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"CUDA       {cuda}")
     print("ops        kernels")
     for op in OPS:
-        print(f"  genrec::{op:<20} {', '.join(kernel_devices(op)) or 'none'}")
+        print(f"  genrec::{op:<{max(map(len, OPS))}} {', '.join(kernel_devices(op)) or 'none'}")
     return 0
 
 
