@@ -13,7 +13,6 @@ both see the same machine.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, print_row, write_table  # noqa: E402
 
 from genrec_ext.decoding import beam_search  # noqa: E402
 from genrec_ext.model import build_model  # noqa: E402
@@ -75,8 +74,7 @@ def eager_step(logits, scores, nodes, dense_mask, width):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--beam", type=int, default=50)
@@ -84,7 +82,6 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--hf-reps", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
     device, width = args.device, args.beam
     levels = (256, 256, 256)
@@ -122,7 +119,7 @@ def main() -> None:
                    step_ours_us=statistics.median(step_ours) * 1e3, step_eager_us=statistics.median(step_eager) * 1e3)
         row["x_step"] = row["step_eager_us"] / row["step_ours_us"]
         rows.append(row)
-        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        print_row(row)
     note = (f"{machine_description(device)}, preset {args.preset}, W={width}, 3 x 256 codes, {len(sids):,} items, "
             f"{args.history}-item histories. x_hf: HF generate time / ours (end to end, same model); "
             "x_step: eager masked-top-k step / genrec::beam_step (depth 1).")

@@ -11,7 +11,6 @@ gflops: 2 N K D L over our time; the GEMM alone (``torch.mm`` of the same shapes
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, write_table  # noqa: E402
 
 from genrec_ext.ops import rq_assign  # noqa: E402
 
@@ -57,8 +56,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--n", type=parse_ints, default=[100_000, 1_000_000])
     ap.add_argument("--dims", type=parse_ints, default=[64, 384, 768])
     ap.add_argument("--ks", type=parse_ints, default=[256, 1024, 8192])
@@ -66,7 +64,6 @@ def main() -> None:
     ap.add_argument("--max-gflop", type=float, default=None, help="skip larger cases (default: 400 on CPU)")
     ap.add_argument("--eager-max-gib", type=float, default=4.0, help="skip eager when its N x K matrix is larger")
     ap.add_argument("--budget", type=float, default=1.0)
-    ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
     device = args.device
     max_gflop = args.max_gflop if args.max_gflop is not None else (400.0 if device == "cpu" else float("inf"))

@@ -10,14 +10,13 @@ batch with a 10-item target page; tokens/s counts supervised target tokens.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, print_row, write_table  # noqa: E402
 
 from genrec_ext.model import build_model  # noqa: E402
 from genrec_ext.sid import SIDVocab  # noqa: E402
@@ -33,15 +32,13 @@ def random_batch(vocab: SIDVocab, batch: int, history: int, page: int, gen: torc
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--histories", default="20,100,500")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--page", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0)
-    ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
     vocab = SIDVocab((256, 256, 256))
     gen = torch.Generator().manual_seed(0)
@@ -72,7 +69,7 @@ def main() -> None:
         result["prefill_speedup"] = result["no_tm_prefill_ms"] / result["tm_prefill_ms"]
         result["train_speedup"] = result["tm_train_tok_s"] / result["no_tm_train_tok_s"]
         rows.append(result)
-        print({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}, flush=True)
+        print_row(result)
     note = (f"{machine_description(args.device)}, preset {args.preset}, {args.dtype}, batch {args.batch}, 3 SID levels, "
             f"page of {args.page} items. prefill_speedup = prefill time without / with the Token Merger; "
             "train_speedup = training target tokens/s with / without.")

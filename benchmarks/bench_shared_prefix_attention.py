@@ -13,7 +13,6 @@ prompts of 22 / 102 / 302 positions (20 or 100 history items with the Token Merg
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, print_row, write_table  # noqa: E402
 
 from genrec_ext.ops import reference, shared_prefix_attention  # noqa: E402
 
@@ -29,8 +28,7 @@ LAYOUTS = {"tiny": (4, 2, 16), "small": (8, 4, 32), "base": (14, 2, 64)}  # (Hq,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--beams", type=int, default=50)
     ap.add_argument("--own", type=int, default=2)
     ap.add_argument("--batches", default="1,16,64")
@@ -38,7 +36,6 @@ def main() -> None:
     ap.add_argument("--layouts", default="tiny,small,base")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per variant")
-    ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
     device, dtype, w, t = args.device, getattr(torch, args.dtype), args.beams, args.own
     rows = []
@@ -79,7 +76,7 @@ def main() -> None:
                                reference_us=ref * 1e3, sdpa_us=plain * 1e3, sdpa_copy_us=copied * 1e3,
                                x_reference=ref / ours, x_sdpa=plain / ours, x_sdpa_copy=copied / ours)
                     rows.append(row)
-                    print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+                    print_row(row)
     note = (f"{machine_description(device)}, {args.dtype}, W={w} beams, T={t} own tokens; layout = preset "
             "Hq/Hkv x D; half the prompts left-padded by a quarter. x_*: their time / ours (> 1: ours faster).")
     write_table(rows, ["layout", "prompt", "batch", "ours_us", "reference_us", "sdpa_us", "sdpa_copy_us",

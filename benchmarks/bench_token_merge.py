@@ -14,7 +14,6 @@ large V exercises the gather-GEMM strategy.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, write_table  # noqa: E402
 
 from genrec_ext.ops import token_merge  # noqa: E402
 
@@ -36,8 +35,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap = benchmark_parser(__doc__)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--rows", type=parse_ints, default=[1024, 16384, 262144], help="B*N history items")
     ap.add_argument("--dims", type=parse_ints, default=[64, 256, 1024], help="d (= d_out)")
@@ -49,7 +47,6 @@ def main() -> None:
                     help="skip cases whose eager forward needs more (default: 120 on CPU, no limit on CUDA)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
-    ap.add_argument("--out", type=Path, default=Path("bench_results"))
     args = ap.parse_args()
 
     device, dtype = args.device, getattr(torch, args.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -10,6 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --device (default cuda when present) and --out (the table folder)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--out", type=Path, default=Path("bench_results"))
+    return ap
 
 
 def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min_reps: int = 3,
@@ -27,6 +36,11 @@ def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def print_row(row: dict) -> None:
+    """One finished table row as it is measured (floats to 3 decimals), so long runs show progress."""
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
 
 def machine_description(device: str) -> str:

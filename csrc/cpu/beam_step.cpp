@@ -30,19 +30,11 @@ struct RowStats {
   acc_t lse;  // log-sum-exp (-inf for a row of -inf)
 };
 
-RowStats<float> row_stats(const float* x, int64_t n) {
-  const float m = cpu::row_max(x, n);
-  if (!(m > -std::numeric_limits<float>::infinity()) || std::isinf(m)) return {m, m};  // all -inf, +inf or NaN
+template <typename acc_t>
+RowStats<acc_t> row_stats(const acc_t* x, int64_t n) {
+  const acc_t m = cpu::row_max(x, n);
+  if (!(m > -std::numeric_limits<acc_t>::infinity()) || std::isinf(m)) return {m, m};  // all -inf, +inf or NaN
   return {m, m + std::log(cpu::sum_exp_shifted(x, n, m))};
-}
-
-RowStats<double> row_stats(const double* x, int64_t n) {  // float64: exact-reference checks, not speed
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, x[j]);
-  if (!(m > -std::numeric_limits<double>::infinity()) || std::isinf(m)) return {m, m};
-  double sum = 0.0;
-  for (int64_t j = 0; j < n; ++j) sum += std::exp(x[j] - m);
-  return {m, m + std::log(sum)};
 }
 
 // The row in the accumulation type: itself, or widened into `buffer` (bf16).

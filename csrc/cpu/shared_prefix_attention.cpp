@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cpu/vec16.h"
+#include "cpu/vec_math.h"
 #include "shared_prefix_attention_common.h"
 
 namespace genrec {
@@ -26,16 +27,6 @@ using cpu::load;
 using cpu::round_up;
 using cpu::store;
 using cpu::Vec;
-
-// Turns scores into unnormalised softmax weights in place; returns their sum (0 when no key is visible).
-inline double softmax_weights(double* s, int64_t n) {
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, s[j]);
-  if (!(m > -std::numeric_limits<double>::infinity())) return 0.0;
-  double sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += (s[j] = std::exp(s[j] - m));
-  return sum;
-}
 
 // The prompt and own keys / values of one (query, KV head), laid out for attend_row: keys transposed to
 // [D, key_stride], values and own keys / values [keys, value_stride]; strides are whole vector blocks and
@@ -120,7 +111,8 @@ void attend_row(const double* query, const Panel<double>& panel, int64_t visible
     for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.own_keys[t * panel.value_stride + d];
     weights[visible + t] = s;
   }
-  const double inv = 1.0 / softmax_weights(weights, visible + own);
+  const int64_t n = visible + own;
+  const double inv = 1.0 / cpu::sum_exp_shifted(weights, n, cpu::row_max(weights, n), weights);
   for (int64_t j = 0; j < dim; ++j) {
     double s = 0;
     for (int64_t p = 0; p < visible; ++p) s += weights[p] * panel.values[p * panel.value_stride + j];

@@ -1,6 +1,7 @@
 #include "cpu/vec_math.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "cpu/vec16.h"
@@ -40,6 +41,22 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) float sum_exp_shift
     }
   }
   return hsum(sum);
+}
+
+double row_max(const double* x, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+double sum_exp_shifted(const double* x, int64_t n, double shift, double* out) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double e = std::exp(x[j] - shift);
+    if (out != nullptr) out[j] = e;
+    sum += e;
+  }
+  return sum;
 }
 
 }  // namespace genrec::cpu

@@ -13,4 +13,8 @@ float row_max(const float* x, int64_t n);
 // sum_j exp(x[j] - shift) for x[j] <= shift; with `out`, also out[j] = exp(x[j] - shift) (out may be x).
 float sum_exp_shifted(const float* x, int64_t n, float shift, float* out = nullptr);
 
+// float64 (exact-reference checks, not speed): the same, scalar, with std::exp.
+double row_max(const double* x, int64_t n);
+double sum_exp_shifted(const double* x, int64_t n, double shift, double* out = nullptr);
+
 }  // namespace genrec::cpu

@@ -74,9 +74,9 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     else:
         if table is None:
             raise ValueError("unconstrained beam search needs the SID table to map SIDs to items")
-        flat_codes = codes.reshape(-1, codes.shape[2]).cpu().numpy()
-        items = torch.tensor([(-1 if (row < 0).any() else (lambda i: -1 if i is None else i)(table.item(row)))
-                              for row in flat_codes], dtype=torch.int64).view(bsz, -1).to(device)
+        rows = codes.reshape(-1, codes.shape[2]).cpu().numpy()
+        found = (table.item(row) if (row >= 0).all() else None for row in rows)
+        items = torch.tensor([-1 if i is None else i for i in found], dtype=torch.int64).view(bsz, -1).to(device)
     items = torch.where(torch.isfinite(scores), items, -1)
     return BeamResult(codes, scores, items)
 

@@ -22,13 +22,6 @@ from torch import Tensor, nn
 from ..ops import shared_prefix_attention
 
 
-def _layer_kv(cache, index: int) -> tuple[Tensor, Tensor]:
-    """Keys and values of one layer from a transformers cache (5.x ``layers[i].keys``, older ``key_cache``)."""
-    if hasattr(cache, "layers"):
-        return cache.layers[index].keys, cache.layers[index].values
-    return cache.key_cache[index], cache.value_cache[index]
-
-
 def _linear_bias(linear: nn.Linear) -> Tensor:
     return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
 
@@ -62,7 +55,9 @@ class SharedPrefixDecoder:
     def __init__(self, backbone_model, cache, prompt_mask: Tensor, steps: int) -> None:
         self.model = backbone_model
         self.layers = backbone_model.layers
-        self.prefix = [_layer_kv(cache, i) for i in range(len(self.layers))]  # [B, kvh, P, hd] each
+        self.prefix = [(layer.keys, layer.values) for layer in cache.layers]  # [B, kvh, P, hd] each (transformers 5)
+        self.heads, self.kv_heads = backbone_model.config.num_attention_heads, backbone_model.config.num_key_value_heads
+        self.head_dim = self.layers[0].self_attn.head_dim
         self.prompt_mask = prompt_mask  # [B, P] bool, false in the left padding
         self.steps = steps
         # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, kvh, steps, hd], filled up to
@@ -84,21 +79,21 @@ class SharedPrefixDecoder:
         if self.length == self.steps:
             raise RuntimeError(f"SharedPrefixDecoder was made for {self.steps} steps")
         t = self.length
+        heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
+        if self.own is None:
+            self.own = embeds.new_empty(len(self.layers), 2, bsz, beams, kv_heads, self.steps, hd)
         h = embeds
         cos, sin = self.model.rotary_emb(h[:, :1], positions[:, None])  # [B, 1, hd]: once per query
         half = cos.shape[-1] // 2
         cos, sin_signed = cos[:, :, None], torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            hd, heads, kv_heads = attn.head_dim, attn.config.num_attention_heads, attn.config.num_key_value_heads
             w_qkv, b_qkv, w_gate_up = _fused_weights(layer)
             norm = layer.input_layernorm
             x = F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon)
             qkv = F.linear(x, w_qkv, b_qkv).view(bsz, beams, heads + 2 * kv_heads, hd)
             qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin_signed)
             q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]  # k, v: [B, W, kvh, hd]
-            if self.own is None:
-                self.own = qkv.new_empty(len(self.layers), 2, bsz, beams, kv_heads, self.steps, hd)
             own = self.own[i, :, :, :, :, : t + 1]  # [2, B, W, kvh, t + 1, hd]
             own[0, :, :, :, t] = k
             own[1, :, :, :, t] = v
