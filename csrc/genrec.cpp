@@ -39,4 +39,19 @@ TORCH_LIBRARY(genrec, m) {
   m.def(
       "shared_prefix_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_mask, Tensor own_k, "
       "Tensor own_v, float scale) -> Tensor");
+  // A Qwen2 decoder layer in two fused halves around its attention (inference only; prefill and decode
+  // steps share them). layer_qkv: RMSNorm of x [N, H] (norm_weight [H], eps), the q|k|v projection weight
+  // [O, H] (+ bias [O]), then rotary embedding of the first `rotated_heads` heads of width D = cos.size(1)
+  // (queries and keys); cos / sin [M, D] with N % M == 0, row r using cos[r / (N / M)] (so W beams of one
+  // query share a row). out = x' W^T + b with x' = norm_weight * x / rms(x); rotation per head:
+  // y[i] = y[i] cos[i] - y[i + D/2] sin[i], y[i + D/2] = y[i + D/2] cos[i + D/2] + y[i] sin[i + D/2]. -> [N, O].
+  m.def(
+      "layer_qkv(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor? bias, Tensor cos, Tensor sin, "
+      "int rotated_heads) -> Tensor");
+  // layer_out: h1 = h + attn o_weight^T (+ o_bias), then h1 + SwiGLU(RMSNorm(h1)) with gate_up_weight [2I, H]
+  // (gate rows first) and down_weight [H, I]: out = h1 + (silu(g) * u) down^T, [g | u] = RMSNorm(h1) gate_up^T.
+  // h [N, H], attn [N, A], o_weight [H, A]. -> [N, H].
+  m.def(
+      "layer_out(Tensor h, Tensor attn, Tensor o_weight, Tensor? o_bias, Tensor norm_weight, float eps, "
+      "Tensor gate_up_weight, Tensor down_weight) -> Tensor");
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from genrec_ext.decoding import beam_search, sequence_log_probs
-from genrec_ext.decoding.beam_search import _prefill
+from genrec_ext.decoding.shared_prefix import SharedPrefixDecoder
 from genrec_ext.model import build_model
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
 
@@ -70,12 +70,36 @@ def test_results_do_not_depend_on_the_batch(setup):
         torch.testing.assert_close(alone.scores[0], together.scores[b], rtol=1e-5, atol=1e-5)
 
 
-def test_prefill_returns_the_prompt_cache(setup):
+def test_prefill_equals_the_model_forward_and_its_cache(setup):
+    """Our prefill (fused layer ops + SDPA) against transformers' forward: the last hidden state, and every
+    layer's keys and values at the real (unpadded) prompt positions."""
     model, *_, history, lengths = setup
     embeds, mask, positions = model.prompt_inputs(history, lengths)
-    hidden, cache = _prefill(model, embeds, mask, positions)  # `cache` (5.24) or `past_key_values` (5.17)
-    assert hidden.shape == (3, model.config.hidden_size)
-    assert cache is not None and cache.get_seq_length() == embeds.shape[1]
+    with torch.no_grad():
+        decoder = SharedPrefixDecoder(model.backbone.model, steps=2)
+        hidden = decoder.prefill(embeds, mask, positions)
+        out = model.backbone.model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions,
+                                   use_cache=True)
+    torch.testing.assert_close(hidden, out.last_hidden_state[:, -1], rtol=1e-5, atol=1e-5)
+    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.24 / 5.17
+    assert len(decoder.prefix) == len(cache.layers)
+    for (keys, values), layer in zip(decoder.prefix, cache.layers):
+        for ours, theirs in ((keys, layer.keys), (values, layer.values)):
+            assert ours.shape == theirs.shape
+            torch.testing.assert_close(ours.transpose(1, 2)[mask], theirs.transpose(1, 2)[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_refuses_misuse(setup):
+    model, *_, history, lengths = setup
+    decoder = SharedPrefixDecoder(model.backbone.model, steps=1)
+    h = torch.zeros(1, 2, model.config.hidden_size)
+    with pytest.raises(RuntimeError, match="before prefill"):
+        decoder.step(h, torch.tensor([3]))
+    with torch.no_grad():
+        decoder.prefill(*model.prompt_inputs(history[:1], lengths[:1]))
+        decoder.step(h, torch.tensor([6]))
+        with pytest.raises(RuntimeError, match="made for 1 steps"):
+            decoder.step(h, torch.tensor([7]))
 
 
 def test_trie_must_match_the_vocabulary(setup):

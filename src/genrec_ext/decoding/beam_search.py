@@ -26,14 +26,6 @@ class BeamResult:
     items: Tensor  # int64 [B, W] dense item index, -1 where the SID maps to no item or the slot is dead
 
 
-def _prefill(model: GenRecModel, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor):
-    """The prompt's last hidden state and its KV cache (transformers 5.24 returns it as ``cache``, 5.17 as
-    ``past_key_values``)."""
-    out = model.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
-                               position_ids=position_ids, use_cache=True)
-    return out.last_hidden_state[:, -1], getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-
-
 def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
     """Logits of the level's token block only (decoding at depth l scores only level-l tokens)."""
     return model.token_logits(hidden, model.vocab.offsets[level], model.vocab.level_sizes[level])
@@ -50,8 +42,8 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     device = history.device
     trie = trie.to(device)
     embeds, mask, positions = model.prompt_inputs(history, history_len)
-    hidden, cache = _prefill(model, embeds, mask, positions)  # once per query
-    decoder = SharedPrefixDecoder(model.backbone.model, cache, mask, steps=model.vocab.levels - 1)
+    decoder = SharedPrefixDecoder(model.backbone.model, steps=model.vocab.levels - 1)
+    hidden = decoder.prefill(embeds, mask, positions)  # once per query
     bsz = history.shape[0]
     scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)
     nodes = torch.zeros(bsz, 1, dtype=torch.int64, device=device)

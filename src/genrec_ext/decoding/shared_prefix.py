@@ -1,4 +1,4 @@
-"""Decode steps for beams that share one prompt, without copying the prompt's KV cache per beam.
+"""Prefill and decode steps for beams that share one prompt, without copying the prompt's KV cache per beam.
 
 After prefill, every query's W beams differ only in the at most L - 1 SID tokens decoded so far. A standard
 KV cache copies (and re-gathers, every step) the whole prompt cache W times; here the prompt's keys and
@@ -6,64 +6,123 @@ values stay once per query and all its beams attend to them (``genrec::shared_pr
 the decoded tokens' keys and values live per beam (and are reordered by parent beam, a few rows each step).
 
 The layer maths is Qwen2's (RMSNorm, q/k/v with bias, rotary embeddings, GQA, SwiGLU MLP) on the backbone's
-own weights, so the result equals a cached forward of the full sequence (tested), written for a decode step's
-shape: q/k/v and gate/up are one GEMM each (fused copies of the weights, rebuilt only when the weights
-change), queries and keys are rotated together, and the rotation is computed once per query, not per beam.
+own weights, so the results equal the model's forward (tested). Each layer is two fused ops around its
+attention (``genrec::layer_qkv``: norm, one q|k|v GEMM, rotary; ``genrec::layer_out``: output projection,
+norm, SwiGLU, residuals), on fused copies of the q|k|v and gate|up weights made when the decoder is built.
 """
 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import shared_prefix_attention
+from ..ops import layer_out, layer_qkv, shared_prefix_attention
 
 
-def _linear_bias(linear: nn.Linear) -> Tensor:
-    return linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+@dataclass(frozen=True)
+class _LayerWeights:
+    input_norm: Tensor
+    qkv: Tensor  # [(Hq + 2 Hkv) D, H]: q rows, then k, then v
+    qkv_bias: Tensor | None
+    o: Tensor
+    o_bias: Tensor | None
+    post_norm: Tensor
+    gate_up: Tensor  # [2I, H]: gate rows, then up
+    down: Tensor
+    eps: float
+    scaling: float
+
+
+def _bias(linear: nn.Linear, out_features: int) -> Tensor:
+    return linear.bias if linear.bias is not None else linear.weight.new_zeros(out_features)
 
 
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _fused_weights(layer: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
-    """(q|k|v weight, q|k|v bias, gate|up weight) of a decoder layer, cached until any of them changes."""
+def _layer_weights(layer: nn.Module) -> _LayerWeights:
+    """A decoder layer's weights in the fused ops' layout, cached until any of them changes (training)."""
     attn, mlp = layer.self_attn, layer.mlp
-    parts = [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, mlp.gate_proj.weight, mlp.up_proj.weight]
-    parts += [p.bias for p in (attn.q_proj, attn.k_proj, attn.v_proj) if p.bias is not None]
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    parts = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
+    parts += [mlp.gate_proj.weight, mlp.up_proj.weight, attn.o_proj.weight, mlp.down_proj.weight,
+              layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
     key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
     hit = _FUSED.get(layer)
     if hit is None or hit[0] != key:
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         with torch.no_grad():
-            hit = (key, torch.cat([p.weight for p in projections]), torch.cat([_linear_bias(p) for p in projections]),
-                   torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+            has_bias = any(p.bias is not None for p in projections)
+            weights = _LayerWeights(
+                layer.input_layernorm.weight, torch.cat([p.weight for p in projections]),
+                torch.cat([_bias(p, p.out_features) for p in projections]) if has_bias else None,
+                attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
+                torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight,
+                layer.input_layernorm.variance_epsilon, attn.scaling)
+        hit = (key, weights)
         _FUSED[layer] = hit
-    return hit[1:]
-
-
-def _rotate(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
-    """Rotary embedding ``x * cos + rotate_half(x) * sin``; rotate_half(x) = roll(x, d/2) * [-1.., +1..], with
-    the sign folded into ``sin_signed``."""
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+    return hit[1]
 
 
 class SharedPrefixDecoder:
-    def __init__(self, backbone_model, cache, prompt_mask: Tensor, steps: int) -> None:
+    """``prefill`` once per batch of prompts, then up to ``steps`` calls of ``step`` (one token per beam), with
+    ``reorder`` between them as beams are re-ranked."""
+
+    def __init__(self, backbone_model, steps: int) -> None:
+        config = backbone_model.config
+        if config.hidden_act != "silu":
+            raise ValueError(f"the fused decoder implements SwiGLU (silu); this model's MLP uses {config.hidden_act!r}")
         self.model = backbone_model
-        self.layers = backbone_model.layers
-        self.prefix = [(layer.keys, layer.values) for layer in cache.layers]  # [B, kvh, P, hd] each (transformers 5)
-        self.heads, self.kv_heads = backbone_model.config.num_attention_heads, backbone_model.config.num_key_value_heads
-        self.head_dim = self.layers[0].self_attn.head_dim
-        self.prompt_mask = prompt_mask  # [B, P] bool, false in the left padding
+        self.weights = [_layer_weights(layer) for layer in backbone_model.layers]
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = backbone_model.layers[0].self_attn.head_dim
         self.steps = steps
-        # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, kvh, steps, hd], filled up to
+        self.prefix: list[tuple[Tensor, Tensor]] = []  # per layer, the prompt's keys/values [B, Hkv, P, D]
+        self.prompt_mask: Tensor | None = None  # [B, P] bool, false in the left padding
+        # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, Hkv, steps, D], filled up to
         # `length`: a step writes one slot per layer, and a reorder is one gather for all layers.
         self.own: Tensor | None = None
         self.length = 0
+
+    def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos / sin ``[positions.numel(), D]`` from the backbone's own rotary module (any rope scaling)."""
+        cos, sin = self.model.rotary_emb(like, positions)
+        return cos.reshape(-1, self.head_dim), sin.reshape(-1, self.head_dim)
+
+    def prefill(self, embeds: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
+        """The prompts ``embeds [B, P, H]`` (left-padded: ``mask [B, P]`` false in the padding, ``positions
+        [B, P]``) -> the last position's final hidden state ``[B, H]``; keeps every layer's keys and values."""
+        bsz, plen, hidden = embeds.shape
+        heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
+        cos, sin = self._rotary(embeds, positions)
+        # Causal over real keys; a padding query also sees itself, so that no row is fully masked (NaN).
+        j = torch.arange(plen, device=embeds.device)
+        causal = j[None, :] <= j[:, None]
+        attend = causal[None] & (mask[:, None, :] | torch.eye(plen, dtype=torch.bool, device=embeds.device)[None])
+        h = embeds.reshape(bsz * plen, hidden)
+        self.prefix = []
+        for i, w in enumerate(self.weights):
+            last = i + 1 == len(self.weights)
+            qkv = layer_qkv(h, w.input_norm, w.eps, w.qkv, w.qkv_bias, cos, sin, heads + kv_heads)
+            qkv = qkv.view(bsz, plen, heads + 2 * kv_heads, hd).transpose(1, 2)  # [B, heads, P, D]
+            q, k, v = qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]
+            self.prefix.append((k.contiguous(), v.contiguous()))  # read every step: made dense once
+            if last:  # only the last position's output is needed from the last layer
+                q, h = q[:, :, -1:], h.view(bsz, plen, hidden)[:, -1]
+            out = F.scaled_dot_product_attention(q, k, v, attend[:, None, -q.shape[2] :], scale=w.scaling,
+                                                 enable_gqa=heads != kv_heads)
+            out = out.transpose(1, 2).reshape(h.shape[0], heads * hd)
+            h = layer_out(h, out, w.o, w.o_bias, w.post_norm, w.eps, w.gate_up, w.down)
+        self.prompt_mask = mask
+        self.own, self.length = None, 0
+        return self._final_norm(h)
+
+    def _final_norm(self, h: Tensor) -> Tensor:
+        norm = self.model.norm
+        return F.rms_norm(h, (h.shape[-1],), norm.weight, norm.variance_epsilon)
 
     def reorder(self, parents: Tensor) -> None:
         """New beam (b, i) continues old beam (b, parents[b, i]) (parents >= 0)."""
@@ -75,33 +134,24 @@ class SharedPrefixDecoder:
     def step(self, embeds: Tensor, positions: Tensor) -> Tensor:
         """One token per beam: ``embeds [B, W, H]`` at ``positions [B]`` (the same for all of a query's beams)
         -> final hidden states ``[B, W, H]``."""
-        bsz, beams, hidden = embeds.shape
+        if self.prompt_mask is None:
+            raise RuntimeError("SharedPrefixDecoder.step before prefill")
         if self.length == self.steps:
             raise RuntimeError(f"SharedPrefixDecoder was made for {self.steps} steps")
-        t = self.length
-        heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
+        bsz, beams, hidden = embeds.shape
+        t, heads, kv_heads, hd = self.length, self.heads, self.kv_heads, self.head_dim
         if self.own is None:
-            self.own = embeds.new_empty(len(self.layers), 2, bsz, beams, kv_heads, self.steps, hd)
-        h = embeds
-        cos, sin = self.model.rotary_emb(h[:, :1], positions[:, None])  # [B, 1, hd]: once per query
-        half = cos.shape[-1] // 2
-        cos, sin_signed = cos[:, :, None], torch.cat([-sin[..., :half], sin[..., half:]], -1)[:, :, None]
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            w_qkv, b_qkv, w_gate_up = _fused_weights(layer)
-            norm = layer.input_layernorm
-            x = F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon)
-            qkv = F.linear(x, w_qkv, b_qkv).view(bsz, beams, heads + 2 * kv_heads, hd)
-            qk = _rotate(qkv[:, :, : heads + kv_heads], cos, sin_signed)
-            q, k, v = qk[:, :, :heads], qk[:, :, heads:], qkv[:, :, heads + kv_heads :]  # k, v: [B, W, kvh, hd]
-            own = self.own[i, :, :, :, :, : t + 1]  # [2, B, W, kvh, t + 1, hd]
-            own[0, :, :, :, t] = k
-            own[1, :, :, :, t] = v
+            self.own = embeds.new_empty(len(self.weights), 2, bsz, beams, kv_heads, self.steps, hd)
+        cos, sin = self._rotary(embeds, positions[:, None])  # one row per query, shared by its beams
+        h = embeds.reshape(bsz * beams, hidden)
+        for i, w in enumerate(self.weights):
+            qkv = layer_qkv(h, w.input_norm, w.eps, w.qkv, w.qkv_bias, cos, sin, heads + kv_heads)
+            qkv = qkv.view(bsz, beams, heads + 2 * kv_heads, hd)
+            own = self.own[i, :, :, :, :, : t + 1]  # [2, B, W, Hkv, t + 1, D]
+            own[:, :, :, :, t] = qkv[:, :, heads:].unflatten(2, (2, kv_heads)).movedim(2, 0)  # k and v at once
             prefix_k, prefix_v = self.prefix[i]
-            out = shared_prefix_attention(q, prefix_k, prefix_v, self.prompt_mask, own[0], own[1], attn.scaling)
-            h = h + attn.o_proj(out.reshape(bsz, beams, -1))
-            norm = layer.post_attention_layernorm
-            gate, up = F.linear(F.rms_norm(h, (hidden,), norm.weight, norm.variance_epsilon), w_gate_up).chunk(2, -1)
-            h = h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+            out = shared_prefix_attention(qkv[:, :, :heads], prefix_k, prefix_v, self.prompt_mask, own[0], own[1],
+                                          w.scaling)
+            h = layer_out(h, out.view(bsz * beams, heads * hd), w.o, w.o_bias, w.post_norm, w.eps, w.gate_up, w.down)
         self.length += 1
-        return self.model.norm(h)
+        return self._final_norm(h).view(bsz, beams, hidden)

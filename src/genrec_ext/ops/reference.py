@@ -78,3 +78,32 @@ def shared_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefi
     out = (torch.einsum("bwkgp,bkpd->bwkgd", probs[..., :plen], prefix_v.to(acc))
            + torch.einsum("bwkgt,bwktd->bwkgd", probs[..., plen:], own_v.to(acc)))
     return out.reshape(bsz, beams, heads, dim).to(q.dtype)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """transformers' Qwen2RMSNorm: normalised in float32 (float64 for float64), rounded, then scaled."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc)
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return (weight.to(acc) * normed.to(acc)).to(x.dtype)
+
+
+def layer_qkv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Tensor | None, cos: Tensor,
+              sin: Tensor, rotated_heads: int) -> Tensor:
+    """RMSNorm, the q|k|v projection, and rotary embedding (``x cos + rotate_half(x) sin``) of the first
+    ``rotated_heads`` heads; runs of N / M rows share a row of ``cos`` / ``sin``."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = F.linear(rms_norm(x, norm_weight, eps), weight, bias)
+    rows, (positions, dim) = x.shape[0], cos.shape
+    heads = y[:, : rotated_heads * dim].reshape(positions, rows // positions, rotated_heads, dim).to(acc)
+    rotate_half = torch.cat([-heads[..., dim // 2 :], heads[..., : dim // 2]], -1)
+    rotated = heads * cos.to(acc)[:, None, None] + rotate_half * sin.to(acc)[:, None, None]
+    return torch.cat([rotated.reshape(rows, -1).to(y.dtype), y[:, rotated_heads * dim :]], 1)
+
+
+def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, norm_weight: Tensor, eps: float,
+              gate_up_weight: Tensor, down_weight: Tensor) -> Tensor:
+    """Output projection + residual, then RMSNorm, SwiGLU MLP (gate rows first) + residual."""
+    h1 = h + F.linear(attn, o_weight, o_bias)
+    gate, up = F.linear(rms_norm(h1, norm_weight, eps), gate_up_weight).chunk(2, -1)
+    return h1 + F.linear(F.silu(gate) * up, down_weight)

@@ -1,0 +1,126 @@
+// CPU stages of genrec::layer_qkv / genrec::layer_out (the GEMMs are ATen's, see decoder_layer_common.cpp):
+// row-parallel RMSNorm, rotary embedding and SwiGLU, in float32 (float64 for float64) through the shared
+// 16-float row kernels (cpu/vec_math.h). Rows narrower than float32 are widened into a per-task buffer.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/vec_math.h"
+#include "decoder_layer_common.h"
+
+namespace genrec {
+namespace {
+
+// Rows per task: enough elements that a task outweighs waking a thread.
+int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
+
+// The row as acc_t: itself when the dtypes agree, else widened into `buffer`.
+template <typename scalar_t, typename acc_t>
+const acc_t* widened(const scalar_t* row, int64_t n, std::vector<acc_t>& buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return row;
+  } else {
+    buffer.resize(n);
+    for (int64_t j = 0; j < n; ++j) buffer[j] = static_cast<acc_t>(row[j]);
+    return buffer.data();
+  }
+}
+
+void rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
+  const int64_t rows = x.size(0), width = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "layer_rms_norm", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(width), [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> buffer;
+      for (int64_t r = r0; r < r1; ++r) {
+        const acc_t* row = widened(xp + r * width, width, buffer);
+        const acc_t inv = acc_t(1) / std::sqrt(cpu::sum_squares(row, width) / width + static_cast<acc_t>(eps));
+        scalar_t* dst = op + r * width;
+        for (int64_t j = 0; j < width; ++j) {
+          const acc_t normed = static_cast<acc_t>(static_cast<scalar_t>(row[j] * inv));
+          dst[j] = static_cast<scalar_t>(static_cast<acc_t>(wp[j]) * normed);
+        }
+      }
+    });
+  });
+}
+
+void rotary_cpu(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
+  const int64_t rows = y.size(0), width = y.size(1), dim = cos.size(1), half = dim / 2;
+  const int64_t rows_per_position = rows / cos.size(0);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "layer_rotary", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    const scalar_t* cp = cos.const_data_ptr<scalar_t>();
+    const scalar_t* sp = sin.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(rotated_heads * dim), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const scalar_t* c = cp + r / rows_per_position * dim;
+        const scalar_t* s = sp + r / rows_per_position * dim;
+        for (int64_t h = 0; h < rotated_heads; ++h) {
+          scalar_t* lo = yp + r * width + h * dim;
+          scalar_t* hi = lo + half;
+          for (int64_t i = 0; i < half; ++i) {
+            const acc_t a = static_cast<acc_t>(lo[i]), b = static_cast<acc_t>(hi[i]);
+            lo[i] = static_cast<scalar_t>(a * static_cast<acc_t>(c[i]) - b * static_cast<acc_t>(s[i]));
+            hi[i] = static_cast<scalar_t>(b * static_cast<acc_t>(c[half + i]) + a * static_cast<acc_t>(s[half + i]));
+          }
+        }
+      }
+    });
+  });
+}
+
+void silu_mul_cpu(const at::Tensor& gate_up, at::Tensor& out) {
+  const int64_t rows = out.size(0), inner = out.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "layer_silu_mul", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* gp = gate_up.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, row_grain(2 * inner), [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> gate_buffer, up_buffer;
+      for (int64_t r = r0; r < r1; ++r) {
+        const acc_t* gate = widened(gp + r * 2 * inner, inner, gate_buffer);
+        const acc_t* up = widened(gp + r * 2 * inner + inner, inner, up_buffer);
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          cpu::silu_mul(gate, up, reinterpret_cast<acc_t*>(op + r * inner), inner);  // the same type
+        } else {  // into the gate's buffer, then narrowed
+          cpu::silu_mul(gate, up, gate_buffer.data(), inner);
+          for (int64_t j = 0; j < inner; ++j) op[r * inner + j] = static_cast<scalar_t>(gate_buffer[j]);
+        }
+      }
+    });
+  });
+}
+
+constexpr DecoderLayerKernels kCpuKernels{&rms_norm_cpu, &rotary_cpu, &silu_mul_cpu};
+
+at::Tensor layer_qkv_cpu(const at::Tensor& x, const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, const at::Tensor& cos, const at::Tensor& sin,
+                         int64_t rotated_heads) {
+  return layer_qkv_impl(kCpuKernels, x, norm_weight, eps, weight, bias, cos, sin, rotated_heads);
+}
+
+at::Tensor layer_out_cpu(const at::Tensor& h, const at::Tensor& attn, const at::Tensor& o_weight,
+                         const std::optional<at::Tensor>& o_bias, const at::Tensor& norm_weight, double eps,
+                         const at::Tensor& gate_up_weight, const at::Tensor& down_weight) {
+  return layer_out_impl(kCpuKernels, h, attn, o_weight, o_bias, norm_weight, eps, gate_up_weight, down_weight);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(genrec, CPU, m) {
+  m.impl("layer_qkv", &layer_qkv_cpu);
+  m.impl("layer_out", &layer_out_cpu);
+}
+
+}  // namespace genrec
