@@ -46,6 +46,23 @@ at::Tensor rms_normed(const DecoderLayerKernels& k, const at::Tensor& x, const a
 
 }  // namespace
 
+at::Tensor rms_norm_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  constexpr const char* op = "rms_norm";
+  const auto t = x.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble, op,
+              ": x must be float32, bfloat16, float16 or float64, got ", t);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  const int64_t width = x.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == width, op, ": weight must be [H] = [", width, "], got shape ",
+              weight.sizes());
+  check_dtype(op, "weight", weight, x);
+  auto out = at::empty(x.sizes(), x.options());
+  if (out.numel() == 0) return out;
+  auto rows = out.view({-1, width});
+  k.rms_norm(x.contiguous().view({-1, width}), weight.contiguous(), eps, rows);
+  return out;
+}
+
 at::Tensor layer_qkv_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& norm_weight,
                           double eps, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {

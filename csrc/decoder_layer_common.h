@@ -1,5 +1,5 @@
 // genrec::layer_qkv and genrec::layer_out — the two fused halves of a Qwen2 decoder layer around its
-// attention (contract: the schemas in genrec.cpp). The GEMMs are ATen's (MKL / oneDNN on CPU, cuBLAS on CUDA,
+// attention — and genrec::rms_norm, the model's final norm (contract: the schemas in genrec.cpp). The GEMMs are ATen's (MKL / oneDNN on CPU, cuBLAS on CUDA,
 // with the residual adds folded into addmm); everything between them is one pass of a device kernel per
 // stage, so a layer costs two op calls instead of ~20 and no intermediate is read twice.
 #pragma once
@@ -22,6 +22,8 @@ struct DecoderLayerKernels {
   // out[r, j] = silu(gate_up[r, j]) * gate_up[r, I + j]; gate_up [N, 2I], out [N, I].
   void (*silu_mul)(const at::Tensor& gate_up, at::Tensor& out);
 };
+
+at::Tensor rms_norm_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& weight, double eps);
 
 at::Tensor layer_qkv_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& norm_weight,
                           double eps, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

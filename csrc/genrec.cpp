@@ -48,6 +48,8 @@ TORCH_LIBRARY(genrec, m) {
   m.def(
       "layer_qkv(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor? bias, Tensor cos, Tensor sin, "
       "int rotated_heads) -> Tensor");
+  // rms_norm: the same RMSNorm alone (a model's final norm), over the last dimension of x [..., H].
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   // layer_out: h1 = h + attn o_weight^T (+ o_bias), then h1 + SwiGLU(RMSNorm(h1)) with gate_up_weight [2I, H]
   // (gate rows first) and down_weight [H, I]: out = h1 + (silu(g) * u) down^T, [g | u] = RMSNorm(h1) gate_up^T.
   // h [N, H], attn [N, A], o_weight [H, A]. -> [N, H].

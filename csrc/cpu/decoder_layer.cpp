@@ -1,6 +1,7 @@
-// CPU stages of genrec::layer_qkv / genrec::layer_out (the GEMMs are ATen's, see decoder_layer_common.cpp):
-// row-parallel RMSNorm, rotary embedding and SwiGLU, in float32 (float64 for float64) through the shared
-// 16-float row kernels (cpu/vec_math.h). Rows narrower than float32 are widened into a per-task buffer.
+// CPU stages of genrec::layer_qkv / genrec::layer_out / genrec::rms_norm (the GEMMs are ATen's, see
+// decoder_layer_common.cpp): row-parallel RMSNorm, rotary embedding and SwiGLU, in float32 (float64 for
+// float64) through the shared 16-float row kernels (cpu/vec_math.h). Rows narrower than float32 are widened
+// into a per-task buffer.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -32,7 +33,7 @@ const acc_t* widened(const scalar_t* row, int64_t n, std::vector<acc_t>& buffer)
   }
 }
 
-void rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
+void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
   const int64_t rows = x.size(0), width = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "layer_rms_norm", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -54,7 +55,7 @@ void rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps, at:
   });
 }
 
-void rotary_cpu(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
+void rotary_rows(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
   const int64_t rows = y.size(0), width = y.size(1), dim = cos.size(1), half = dim / 2;
   const int64_t rows_per_position = rows / cos.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "layer_rotary", [&] {
@@ -80,7 +81,7 @@ void rotary_cpu(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int
   });
 }
 
-void silu_mul_cpu(const at::Tensor& gate_up, at::Tensor& out) {
+void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
   const int64_t rows = out.size(0), inner = out.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(), "layer_silu_mul", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -102,7 +103,11 @@ void silu_mul_cpu(const at::Tensor& gate_up, at::Tensor& out) {
   });
 }
 
-constexpr DecoderLayerKernels kCpuKernels{&rms_norm_cpu, &rotary_cpu, &silu_mul_cpu};
+constexpr DecoderLayerKernels kCpuKernels{&rms_norm_rows, &rotary_rows, &silu_mul_rows};
+
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  return rms_norm_impl(kCpuKernels, x, weight, eps);
+}
 
 at::Tensor layer_qkv_cpu(const at::Tensor& x, const at::Tensor& norm_weight, double eps, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias, const at::Tensor& cos, const at::Tensor& sin,
@@ -119,6 +124,7 @@ at::Tensor layer_out_cpu(const at::Tensor& h, const at::Tensor& attn, const at::
 }  // namespace
 
 TORCH_LIBRARY_IMPL(genrec, CPU, m) {
+  m.impl("rms_norm", &rms_norm_cpu);
   m.impl("layer_qkv", &layer_qkv_cpu);
   m.impl("layer_out", &layer_out_cpu);
 }

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import layer_out, layer_qkv, shared_prefix_attention
+from ..ops import layer_out, layer_qkv, rms_norm, shared_prefix_attention
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,7 @@ class SharedPrefixDecoder:
         return self._final_norm(h)
 
     def _final_norm(self, h: Tensor) -> Tensor:
-        norm = self.model.norm
-        return F.rms_norm(h, (h.shape[-1],), norm.weight, norm.variance_epsilon)
+        return rms_norm(h, self.model.norm.weight, self.model.norm.variance_epsilon)
 
     def reorder(self, parents: Tensor) -> None:
         """New beam (b, i) continues old beam (b, parents[b, i]) (parents >= 0)."""

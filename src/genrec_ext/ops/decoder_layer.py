@@ -1,4 +1,5 @@
-"""genrec::layer_qkv and genrec::layer_out — a Qwen2 decoder layer as two fused halves around its attention.
+"""genrec::layer_qkv and genrec::layer_out — a Qwen2 decoder layer as two fused halves around its attention —
+and genrec::rms_norm, the model's final norm.
 
 An eager layer is ~20 ATen calls (RMSNorm alone is five on CPU); at beam-search sizes (a few hundred rows of a
 small model) their dispatch, not their arithmetic, is the cost. Each half is one op: its GEMMs are ATen's
@@ -16,6 +17,7 @@ from ._nvtx import nvtx_range
 
 _QKV = "genrec::layer_qkv"
 _OUT = "genrec::layer_out"
+_NORM = "genrec::rms_norm"
 
 
 @torch.library.register_fake(_QKV)
@@ -26,6 +28,11 @@ def _layer_qkv_fake(x, norm_weight, eps, weight, bias, cos, sin, rotated_heads):
 @torch.library.register_fake(_OUT)
 def _layer_out_fake(h, attn, o_weight, o_bias, norm_weight, eps, gate_up_weight, down_weight):
     return h.new_empty(h.shape)
+
+
+@torch.library.register_fake(_NORM)
+def _rms_norm_fake(x, weight, eps):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _refuse_grad(name: str, tensors) -> None:
@@ -70,3 +77,11 @@ def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, 
     _refuse_grad("layer_out", (h, attn, o_weight, o_bias, norm_weight, gate_up_weight, down_weight))
     with nvtx_range(_OUT):
         return torch.ops.genrec.layer_out(h, attn, o_weight, o_bias, norm_weight, eps, gate_up_weight, down_weight)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """transformers' Qwen2RMSNorm over the last dimension of ``x [..., H]`` (a model's final norm), in one
+    pass (``F.rms_norm`` is a chain of ATen ops on CPU)."""
+    _refuse_grad("rms_norm", (x, weight))
+    with nvtx_range(_NORM):
+        return torch.ops.genrec.rms_norm(x, weight, eps)

@@ -98,7 +98,7 @@ def layer_qkv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: 
     heads = y[:, : rotated_heads * dim].reshape(positions, rows // positions, rotated_heads, dim).to(acc)
     rotate_half = torch.cat([-heads[..., dim // 2 :], heads[..., : dim // 2]], -1)
     rotated = heads * cos.to(acc)[:, None, None] + rotate_half * sin.to(acc)[:, None, None]
-    return torch.cat([rotated.reshape(rows, -1).to(y.dtype), y[:, rotated_heads * dim :]], 1)
+    return torch.cat([rotated.reshape(rows, rotated_heads * dim).to(y.dtype), y[:, rotated_heads * dim :]], 1)
 
 
 def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, norm_weight: Tensor, eps: float,

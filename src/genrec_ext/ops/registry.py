@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 # Public op names (torch.ops.genrec.<name>); their backward ops are internal.
-OPS: tuple[str, ...] = ("token_merge", "rq_assign", "beam_step", "shared_prefix_attention", "layer_qkv", "layer_out")
+OPS: tuple[str, ...] = ("token_merge", "rq_assign", "beam_step", "shared_prefix_attention", "layer_qkv", "layer_out", "rms_norm")
 
 
 def kernel_devices(op: str) -> list[str]:
