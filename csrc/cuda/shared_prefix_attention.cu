@@ -4,12 +4,10 @@
 // there, so the prompt is read once per kWarps rows and never copied per beam — and each warp keeps an
 // online softmax (running max, sum and weighted values) in registers; the beam's own keys follow from
 // global memory. Scores, weights and values are accumulated in float (double for float64).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cfloat>
 #include <cstdint>
 
+#include "device_math.cuh"
 #include "shared_prefix_attention.h"
 
 namespace genrec::cuda {
@@ -19,25 +17,6 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kPerLane = kSharedPrefixMaxDim / 32;
 constexpr int64_t kTileBytes = 16384;  // shared memory for one tile of prompt keys + values
-
-template <typename T> __device__ __forceinline__ float to_acc(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16(v);
-}
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half(v); }
-
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // One warp's online softmax over the keys it has seen: running max, sum of weights, weighted values.
 template <typename A> struct Online {
