@@ -38,6 +38,17 @@ def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min
     return statistics.median(times)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: str, *, budget_s: float = 1.0,
+                        rounds: int = 5) -> dict[str, float]:
+    """Median wall time (ms) of each of `fns`, measured in `rounds` alternating rounds of budget_s / rounds
+    each, so that a shared machine whose speed drifts between seconds slows every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(measure(fn, device, budget_s=budget_s / rounds, warmup=1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def print_row(row: dict) -> None:
     """One finished table row as it is measured (floats to 3 decimals), so long runs show progress."""
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -136,6 +137,13 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
   const auto own_k = dense_rows(own_k_in);
   const auto own_v = dense_rows(own_v_in);
   auto out = at::empty(q.sizes(), q.options());
+  // Strides read once here: Tensor::stride() in the row loop costs a checked call per use.
+  const auto strides = [](const at::Tensor& x) {
+    std::array<int64_t, 5> s{};
+    for (int64_t i = 0; i < x.dim(); ++i) s[i] = x.stride(i);
+    return s;
+  };
+  const auto qs = strides(q), ks = strides(own_k), vs = strides(own_v);
   const int64_t group = a.heads / a.kv_heads, rows = a.beams * group;  // rows per (query, KV head)
   // Rows per task: enough to amortise the task's copy of the prompt, and enough tasks for every thread.
   const int64_t block = std::clamp<int64_t>((rows + at::get_num_threads() - 1) / at::get_num_threads(), 8, 64);
@@ -175,14 +183,14 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
         const int64_t j1 = std::min(rows, (task % blocks + 1) * block);
         for (int64_t j = task % blocks * block; j < j1; ++j) {
           const int64_t w = j / group, h = kvh * group + j % group, r = b * a.beams + w;
-          const scalar_t* qh = qp + b * q.stride(0) + w * q.stride(1) + h * q.stride(2);
+          const scalar_t* qh = qp + b * qs[0] + w * qs[1] + h * qs[2];
           for (int64_t d = 0; d < D; ++d) query[d] = static_cast<acc_t>(qh[d]) * sc;
-          const scalar_t* ok_h = ok + b * own_k.stride(0) + w * own_k.stride(1) + kvh * own_k.stride(2);
-          const scalar_t* ov_h = ov + b * own_v.stride(0) + w * own_v.stride(1) + kvh * own_v.stride(2);
+          const scalar_t* ok_h = ok + b * ks[0] + w * ks[1] + kvh * ks[2];
+          const scalar_t* ov_h = ov + b * vs[0] + w * vs[1] + kvh * vs[2];
           for (int64_t t = 0; t < a.own; ++t) {
             for (int64_t d = 0; d < D; ++d) {
-              panel.own_keys[t * panel.value_stride + d] = static_cast<acc_t>(ok_h[t * own_k.stride(3) + d]);
-              panel.own_values[t * panel.value_stride + d] = static_cast<acc_t>(ov_h[t * own_v.stride(3) + d]);
+              panel.own_keys[t * panel.value_stride + d] = static_cast<acc_t>(ok_h[t * ks[3] + d]);
+              panel.own_values[t * panel.value_stride + d] = static_cast<acc_t>(ov_h[t * vs[3] + d]);
             }
           }
           attend_row(query.data(), panel, visible, a.own, D, weights.data(), result.data());

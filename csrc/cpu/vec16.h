@@ -23,23 +23,26 @@ inline __attribute__((always_inline)) Vec load(const float* p) {
 
 inline __attribute__((always_inline)) void store(float* p, Vec v) { __builtin_memcpy(p, &v, sizeof(v)); }
 
-// Horizontal max / sum as trees (a running scalar would chain 16 dependent operations).
+// Horizontal max / sum as trees of half-width vector operations (a loop over the lanes compiles to a
+// scalar chain through memory).
+using Vec8 = float __attribute__((vector_size(8 * sizeof(float))));
+using Vec4 = float __attribute__((vector_size(4 * sizeof(float))));
+
 inline __attribute__((always_inline)) float hmax(Vec v) {
-  float t[kLanes];
-  __builtin_memcpy(t, &v, sizeof(v));
-  for (int w = kLanes / 2; w > 0; w /= 2) {
-    for (int i = 0; i < w; ++i) t[i] = t[i + w] > t[i] ? t[i + w] : t[i];
-  }
-  return t[0];
+  const Vec8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  const Vec8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec8 m8 = a > b ? a : b;
+  const Vec4 c = __builtin_shufflevector(m8, m8, 0, 1, 2, 3), d = __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+  const Vec4 m4 = c > d ? c : d;
+  const float x = m4[0] > m4[2] ? m4[0] : m4[2], y = m4[1] > m4[3] ? m4[1] : m4[3];
+  return x > y ? x : y;
 }
 
 inline __attribute__((always_inline)) float hsum(Vec v) {
-  float t[kLanes];
-  __builtin_memcpy(t, &v, sizeof(v));
-  for (int w = kLanes / 2; w > 0; w /= 2) {
-    for (int i = 0; i < w; ++i) t[i] += t[i + w];
-  }
-  return t[0];
+  const Vec8 s8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // exp(x) for x <= 0: Cody-Waite reduction x = n ln2 + r and a degree-6 polynomial for e^r (the Cephes expf
