@@ -1,9 +1,10 @@
 // CPU kernel of genrec::shared_prefix_attention. Tasks are (query, KV head, block of rows), a row being one
 // (beam, query head). A task copies the query's visible prompt keys once, transposed to [D, P'] in the
 // accumulation type, and its values to [P', D] (a Panel): each row's prompt scores are then summed in
-// vector registers across keys, its weighted values across D — all rows of the task reuse the panel, and
-// the prompt is never copied per beam. The beam's own few keys are plain dot products;
-// the softmax is a max / exp pass over the same blocks. No [B, W, H, P] score tensor exists.
+// vector registers across keys, its weighted values across D, four rows at a time so that each load of the
+// panel feeds four multiply-adds — all rows of the task reuse the panel, and the prompt is never copied per
+// beam. The beam's own few keys are plain dot products; the softmax is a max / exp pass over the same
+// blocks. No [B, W, H, P] score tensor exists.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -29,53 +30,67 @@ using cpu::round_up;
 using cpu::store;
 using cpu::Vec;
 
-// The prompt and own keys / values of one (query, KV head), laid out for attend_row: keys transposed to
-// [D, key_stride], values and own keys / values [keys, value_stride]; strides are whole vector blocks and
-// the padding is zeros, so a block load never leaves the buffer and padding lanes add exact zeros.
+// Rows attended together: they share every load of the prompt's keys and values (a row alone would issue
+// one load per multiply-add, and the loads, not the arithmetic, would bound it).
+constexpr int64_t kRowsPerPass = 4;
+
+// The prompt's keys / values of one (query, KV head) and the own keys / values of up to kRowsPerPass rows,
+// laid out for attend_rows: keys transposed to [D, key_stride], values [keys, value_stride], own keys /
+// values [row][own][value_stride]; strides are whole vector blocks and the padding is zeros, so a block
+// load never leaves the buffer and padding lanes add exact zeros.
 template <typename acc_t>
 struct Panel {
-  int64_t key_stride, value_stride;
+  int64_t key_stride, value_stride, own;
   std::vector<acc_t> keys_t, values, own_keys, own_values;
-  Panel(int64_t prefix, int64_t own, int64_t dim)
-      : key_stride(round_up(prefix)), value_stride(round_up(dim)), keys_t(dim * key_stride),
-        values(prefix * value_stride), own_keys(own * value_stride), own_values(own * value_stride) {}
+  Panel(int64_t prefix, int64_t own_tokens, int64_t dim)
+      : key_stride(round_up(prefix)), value_stride(round_up(dim)), own(own_tokens), keys_t(dim * key_stride),
+        values(prefix * value_stride), own_keys(kRowsPerPass * own * value_stride),
+        own_values(kRowsPerPass * own * value_stride) {}
+  acc_t* own_key(int64_t row, int64_t t) { return own_keys.data() + (row * own + t) * value_stride; }
+  acc_t* own_value(int64_t row, int64_t t) { return own_values.data() + (row * own + t) * value_stride; }
+  const acc_t* own_key(int64_t row, int64_t t) const { return own_keys.data() + (row * own + t) * value_stride; }
+  const acc_t* own_value(int64_t row, int64_t t) const { return own_values.data() + (row * own + t) * value_stride; }
 };
 
-// sum_i c[i] * x[i * stride .. i * stride + kLanes) for i < n, with four independent accumulators (a single
-// one would wait on each multiply-add's latency).
-inline __attribute__((always_inline)) Vec weighted_rows(const float* c, const float* x, int64_t stride, int64_t n) {
-  Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    a0 += c[i] * load(x + i * stride);
-    a1 += c[i + 1] * load(x + (i + 1) * stride);
-    a2 += c[i + 2] * load(x + (i + 2) * stride);
-    a3 += c[i + 3] * load(x + (i + 3) * stride);
+// out[r] = sum_i c[r * c_stride + i] * x[i * stride .. i * stride + kLanes) for i < n and R rows: each block
+// of x is loaded once for all R rows; two accumulators per row (even / odd i), and four for a lone row, so
+// that no multiply-add waits on the previous one's latency.
+template <int R>
+inline __attribute__((always_inline)) void weighted_rows(const float* c, int64_t c_stride, const float* x,
+                                                         int64_t stride, int64_t n, Vec (&out)[R]) {
+  if constexpr (R == 1) {
+    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      a0 += c[i] * load(x + i * stride);
+      a1 += c[i + 1] * load(x + (i + 1) * stride);
+      a2 += c[i + 2] * load(x + (i + 2) * stride);
+      a3 += c[i + 3] * load(x + (i + 3) * stride);
+    }
+    for (; i < n; ++i) a0 += c[i] * load(x + i * stride);
+    out[0] = (a0 + a1) + (a2 + a3);
+  } else {
+    Vec even[R] = {}, odd[R] = {};
+    int64_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      const Vec x0 = load(x + i * stride), x1 = load(x + (i + 1) * stride);
+      for (int r = 0; r < R; ++r) {
+        even[r] += c[r * c_stride + i] * x0;
+        odd[r] += c[r * c_stride + i + 1] * x1;
+      }
+    }
+    if (i < n) {
+      const Vec x0 = load(x + i * stride);
+      for (int r = 0; r < R; ++r) even[r] += c[r * c_stride + i] * x0;
+    }
+    for (int r = 0; r < R; ++r) out[r] = even[r] + odd[r];
   }
-  for (; i < n; ++i) a0 += c[i] * load(x + i * stride);
-  return (a0 + a1) + (a2 + a3);
 }
 
-// One row (a beam and query head): `query` (scaled) against `visible` prompt keys and `own` own keys; the
-// attention output goes to out[0..dim). `weights` holds round_up(visible + own) values, `out` value_stride.
-// Scores are summed in registers across keys, outputs across dimensions: no horizontal sums, and no
-// store-to-load chain through memory.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_row(const float* query,
-                                                                           const Panel<float>& panel,
-                                                                           int64_t visible, int64_t own, int64_t dim,
-                                                                           float* weights, float* out) {
-  for (int64_t p0 = 0; p0 < visible; p0 += kLanes) {
-    store(weights + p0, weighted_rows(query, panel.keys_t.data() + p0, panel.key_stride, dim));
-  }
-  for (int64_t t = 0; t < own; ++t) {  // after the blocks above, whose last may spill past `visible`
-    Vec s = {};
-    const float* k = panel.own_keys.data() + t * panel.value_stride;
-    for (int64_t d = 0; d < dim; d += kLanes) s += load(query + d) * load(k + d);
-    weights[visible + t] = cpu::hsum(s);
-  }
-  // Softmax over whole blocks: the tail past the last score is -inf, whose weights (< 1.2e-38 after the
-  // clamp in exp) never reach an output.
-  const int64_t n = visible + own, padded = round_up(n);
+// Softmax weights in place over whole blocks of n scores (the tail past n is set to -inf, whose weights,
+// < 1.2e-38 after the clamp in exp, never reach an output); returns 1 / their sum.
+inline __attribute__((always_inline)) float softmax_in_place(float* weights, int64_t n) {
+  const int64_t padded = round_up(n);
   for (int64_t i = n; i < padded; ++i) weights[i] = -std::numeric_limits<float>::infinity();
   Vec m = cpu::splat(-std::numeric_limits<float>::infinity());
   for (int64_t i = 0; i < padded; i += kLanes) {
@@ -89,36 +104,82 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void attend_row(con
     store(weights + i, e);
     sum += e;
   }
-  const float inv = 1.0f / cpu::hsum(sum);  // >= 1: the maximum contributes exactly 1
-  for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
-    Vec acc = weighted_rows(weights, panel.values.data() + j0, panel.value_stride, visible);
-    for (int64_t t = 0; t < own; ++t) {
-      acc += weights[visible + t] * load(panel.own_values.data() + t * panel.value_stride + j0);
+  return 1.0f / cpu::hsum(sum);  // >= 1: the maximum contributes exactly 1
+}
+
+// R rows (beams / query heads of one KV head): queries [R][value_stride] (scaled) against `visible` prompt
+// keys and each row's own keys; outputs to out[R][value_stride]. `weights` holds R rows of weight_stride.
+// Scores are summed in registers across keys, outputs across dimensions: no horizontal sums in the inner
+// loops, and no store-to-load chain through memory.
+template <int R>
+inline __attribute__((always_inline)) void attend_block(const float* queries, const Panel<float>& panel,
+                                                        int64_t visible, int64_t dim, float* weights,
+                                                        int64_t weight_stride, float* out) {
+  const int64_t vs = panel.value_stride, own = panel.own;
+  for (int64_t p0 = 0; p0 < visible; p0 += kLanes) {
+    Vec scores[R];
+    weighted_rows<R>(queries, vs, panel.keys_t.data() + p0, panel.key_stride, dim, scores);
+    for (int r = 0; r < R; ++r) store(weights + r * weight_stride + p0, scores[r]);
+  }
+  float inv[R];
+  for (int r = 0; r < R; ++r) {
+    float* w = weights + r * weight_stride;
+    for (int64_t t = 0; t < own; ++t) {  // after the blocks above, whose last may spill past `visible`
+      Vec s = {};
+      const float* k = panel.own_key(r, t);
+      for (int64_t d = 0; d < dim; d += kLanes) s += load(queries + r * vs + d) * load(k + d);
+      w[visible + t] = cpu::hsum(s);
     }
-    store(out + j0, acc * inv);
+    inv[r] = softmax_in_place(w, visible + own);
+  }
+  for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
+    Vec acc[R];
+    weighted_rows<R>(weights, weight_stride, panel.values.data() + j0, vs, visible, acc);
+    for (int r = 0; r < R; ++r) {
+      for (int64_t t = 0; t < own; ++t) acc[r] += weights[r * weight_stride + visible + t] * load(panel.own_value(r, t) + j0);
+      store(out + r * vs + j0, acc[r] * inv[r]);
+    }
   }
 }
 
-// float64 (exactness checks, not speed): the same maths, scalar.
-void attend_row(const double* query, const Panel<double>& panel, int64_t visible, int64_t own, int64_t dim,
-                double* weights, double* out) {
-  for (int64_t p = 0; p < visible; ++p) {
-    double s = 0;
-    for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.keys_t[d * panel.key_stride + p];
-    weights[p] = s;
+__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_rows(int64_t rows, const float* queries,
+                                                                            const Panel<float>& panel,
+                                                                            int64_t visible, int64_t dim,
+                                                                            float* weights, int64_t weight_stride,
+                                                                            float* out) {
+  switch (rows) {
+    case 1: return attend_block<1>(queries, panel, visible, dim, weights, weight_stride, out);
+    case 2: return attend_block<2>(queries, panel, visible, dim, weights, weight_stride, out);
+    case 3: return attend_block<3>(queries, panel, visible, dim, weights, weight_stride, out);
+    default: return attend_block<4>(queries, panel, visible, dim, weights, weight_stride, out);
   }
-  for (int64_t t = 0; t < own; ++t) {
-    double s = 0;
-    for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.own_keys[t * panel.value_stride + d];
-    weights[visible + t] = s;
-  }
-  const int64_t n = visible + own;
-  const double inv = 1.0 / cpu::sum_exp_shifted(weights, n, cpu::row_max(weights, n), weights);
-  for (int64_t j = 0; j < dim; ++j) {
-    double s = 0;
-    for (int64_t p = 0; p < visible; ++p) s += weights[p] * panel.values[p * panel.value_stride + j];
-    for (int64_t t = 0; t < own; ++t) s += weights[visible + t] * panel.own_values[t * panel.value_stride + j];
-    out[j] = s * inv;
+}
+
+// float64 (exactness checks, not speed): the same maths, scalar, row by row.
+void attend_rows(int64_t rows, const double* queries, const Panel<double>& panel, int64_t visible, int64_t dim,
+                 double* weights, int64_t weight_stride, double* out) {
+  const int64_t vs = panel.value_stride, own = panel.own;
+  for (int64_t r = 0; r < rows; ++r) {
+    const double* query = queries + r * vs;
+    double* w = weights + r * weight_stride;
+    for (int64_t p = 0; p < visible; ++p) {
+      double s = 0;
+      for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.keys_t[d * panel.key_stride + p];
+      w[p] = s;
+    }
+    for (int64_t t = 0; t < own; ++t) {
+      double s = 0;
+      for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.own_key(r, t)[d];
+      w[visible + t] = s;
+    }
+    const int64_t n = visible + own;
+    const double inv = 1.0 / cpu::sum_exp_shifted(w, n, cpu::row_max(w, n), w);
+    for (int64_t j = 0; j < dim; ++j) {
+      double s = 0;
+      for (int64_t p = 0; p < visible; ++p) s += w[p] * panel.values[p * vs + j];
+      for (int64_t t = 0; t < own; ++t) s += w[visible + t] * panel.own_value(r, t)[j];
+      out[r * vs + j] = s * inv;
+    }
   }
 }
 
@@ -161,7 +222,9 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
     const int64_t D = a.dim;
     at::parallel_for(0, a.batch * a.kv_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
       Panel<acc_t> panel(a.prefix, a.own, D);
-      std::vector<acc_t> query(panel.value_stride), weights(round_up(a.prefix + a.own)), result(panel.value_stride);
+      const int64_t weight_stride = round_up(a.prefix + a.own);
+      std::vector<acc_t> queries(kRowsPerPass * panel.value_stride), weights(kRowsPerPass * weight_stride),
+          results(kRowsPerPass * panel.value_stride);
       int64_t loaded = -1;  // the (query, KV head) whose prompt is in the panel
       int64_t visible = 0;
       for (int64_t task = t0; task < t1; ++task) {
@@ -181,20 +244,26 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
           loaded = bk;
         }
         const int64_t j1 = std::min(rows, (task % blocks + 1) * block);
-        for (int64_t j = task % blocks * block; j < j1; ++j) {
-          const int64_t w = j / group, h = kvh * group + j % group, r = b * a.beams + w;
-          const scalar_t* qh = qp + b * qs[0] + w * qs[1] + h * qs[2];
-          for (int64_t d = 0; d < D; ++d) query[d] = static_cast<acc_t>(qh[d]) * sc;
-          const scalar_t* ok_h = ok + b * ks[0] + w * ks[1] + kvh * ks[2];
-          const scalar_t* ov_h = ov + b * vs[0] + w * vs[1] + kvh * vs[2];
-          for (int64_t t = 0; t < a.own; ++t) {
-            for (int64_t d = 0; d < D; ++d) {
-              panel.own_keys[t * panel.value_stride + d] = static_cast<acc_t>(ok_h[t * ks[3] + d]);
-              panel.own_values[t * panel.value_stride + d] = static_cast<acc_t>(ov_h[t * vs[3] + d]);
+        for (int64_t j0 = task % blocks * block; j0 < j1; j0 += kRowsPerPass) {
+          const int64_t n = std::min(kRowsPerPass, j1 - j0);
+          for (int64_t i = 0; i < n; ++i) {  // row j = (beam w, query head h)
+            const int64_t j = j0 + i, w = j / group, h = kvh * group + j % group;
+            const scalar_t* qh = qp + b * qs[0] + w * qs[1] + h * qs[2];
+            for (int64_t d = 0; d < D; ++d) queries[i * panel.value_stride + d] = static_cast<acc_t>(qh[d]) * sc;
+            const scalar_t* ok_h = ok + b * ks[0] + w * ks[1] + kvh * ks[2];
+            const scalar_t* ov_h = ov + b * vs[0] + w * vs[1] + kvh * vs[2];
+            for (int64_t t = 0; t < a.own; ++t) {
+              for (int64_t d = 0; d < D; ++d) {
+                panel.own_key(i, t)[d] = static_cast<acc_t>(ok_h[t * ks[3] + d]);
+                panel.own_value(i, t)[d] = static_cast<acc_t>(ov_h[t * vs[3] + d]);
+              }
             }
           }
-          attend_row(query.data(), panel, visible, a.own, D, weights.data(), result.data());
-          std::copy_n(result.begin(), D, op + (r * a.heads + h) * D);
+          attend_rows(n, queries.data(), panel, visible, D, weights.data(), weight_stride, results.data());
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t j = j0 + i, w = j / group, h = kvh * group + j % group, r = b * a.beams + w;
+            std::copy_n(results.begin() + i * panel.value_stride, D, op + (r * a.heads + h) * D);
+          }
         }
       }
     });
