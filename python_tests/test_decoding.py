@@ -113,6 +113,10 @@ def test_decoder_refuses_misuse(setup):
         decoder.step(h, torch.tensor([6]))
         with pytest.raises(RuntimeError, match="made for 1 steps"):
             decoder.step(h, torch.tensor([7]))
+    gelu = copy.deepcopy(model.backbone.model)
+    gelu.config.hidden_act = "gelu"
+    with pytest.raises(ValueError, match="implements SwiGLU .* uses 'gelu'"):
+        SharedPrefixDecoder(gelu, steps=1)
 
 
 def test_trie_must_match_the_vocabulary(setup):
