@@ -9,9 +9,13 @@ import pytest
 import torch
 
 from genrec_ext.decoding import beam_search, sequence_log_probs
+from genrec_ext.decoding.beam_search import level_logits
 from genrec_ext.decoding.shared_prefix import SharedPrefixDecoder
 from genrec_ext.model import build_model
+from genrec_ext.ops import beam_step
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
+
+from .conftest import requires_cuda
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,39 @@ def test_trie_must_match_the_vocabulary(setup):
     with pytest.raises(ValueError, match="the trie has 2 levels but the model's vocabulary 3"):
         beam_search(model, torch.zeros(1, 1, 3, dtype=torch.long), torch.tensor([1]),
                     SIDTrie.from_codes(np.array([[0, 1]]), [2, 2]))
+
+
+@requires_cuda
+def test_a_decode_step_and_beam_step_replay_from_a_cuda_graph(setup):
+    """No host sync in a decode step: it and the beam step capture in a CUDA graph and replay to the eager
+    results (GPU serving replays one graph per step shape)."""
+    model, sids, trie, _, history, lengths = setup
+    model, trie = copy.deepcopy(model).cuda(), trie.to("cuda")
+    history, lengths = history.cuda(), lengths.cuda()
+    with torch.no_grad():
+        embeds, mask, positions = model.prompt_inputs(history, lengths)
+        decoder = SharedPrefixDecoder(model.backbone.model, steps=1)
+        decoder.prefill(embeds, mask, positions)
+        tokens = model.embed_tokens(torch.full((3, 4), 5, device="cuda"))
+        scores, nodes = torch.zeros(3, 4, device="cuda"), torch.zeros(3, 4, dtype=torch.long, device="cuda")
+
+        def step():
+            decoder.length = 0  # replay the same (first) step
+            hidden = decoder.step(tokens, positions[:, -1] + 1)
+            logits = level_logits(model, hidden.reshape(12, -1), 1).view(3, 4, -1)
+            return hidden, beam_step(logits, scores, nodes, trie.offsets[1], trie.codes[1], 4, True)
+
+        eager = step()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = step()
+        graph.replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(captured[0], eager[0])
+    for got, want in zip(captured[1], eager[1]):
+        torch.testing.assert_close(got, want)
