@@ -80,10 +80,11 @@ at::Tensor layer_qkv_impl(const DecoderLayerKernels& k, const at::Tensor& x, con
   const int64_t rows = x.size(0), positions = cos.size(0), dim = cos.size(1);
   TORCH_CHECK(rows % positions == 0, op, ": x's N = ", rows, " rows must be a multiple of cos's M = ", positions,
               " rows (each run of N / M rows shares a position)");
-  TORCH_CHECK(rotated_heads >= 0 && rotated_heads * dim <= out_dim, op, ": rotated_heads = ", rotated_heads,
+  TORCH_CHECK(rotated_heads >= 0 && rotated_heads <= out_dim / dim, op, ": rotated_heads = ", rotated_heads,
               " heads of width D = ", dim, " do not fit in the O = ", out_dim, " projected columns");
   const auto normed = rms_normed(k, x, norm_weight, eps);
   auto out = bias.has_value() ? at::addmm(*bias, normed, weight.t()) : at::mm(normed, weight.t());
+  TORCH_INTERNAL_ASSERT(out.is_contiguous(), "layer_qkv: the projection GEMM returned a strided result");
   if (rows > 0 && rotated_heads > 0) k.rotary(out, cos.contiguous(), sin.contiguous(), rotated_heads);
   return out;
 }
@@ -110,6 +111,7 @@ at::Tensor layer_out_impl(const DecoderLayerKernels& k, const at::Tensor& h, con
   auto h1 = at::addmm(h, attn, o_weight.t());
   if (o_bias.has_value()) h1.add_(*o_bias);
   const auto gate_up = at::mm(rms_normed(k, h1, norm_weight, eps), gate_up_weight.t());
+  TORCH_INTERNAL_ASSERT(gate_up.is_contiguous(), "layer_out: the gate|up GEMM returned a strided result");
   auto act = at::empty({rows, inner}, h.options());
   if (rows > 0) k.silu_mul(gate_up, act);
   return h1.addmm_(act, down_weight.t());

@@ -10,7 +10,7 @@ import torch
 
 from genrec_ext.decoding import beam_search, sequence_log_probs
 from genrec_ext.decoding.beam_search import level_logits
-from genrec_ext.decoding.shared_prefix import SharedPrefixDecoder
+from genrec_ext.decoding.shared_prefix import SharedPrefixDecoder, clear_fused_weights
 from genrec_ext.model import build_model
 from genrec_ext.ops import beam_step
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
@@ -121,6 +121,32 @@ def test_decoder_refuses_misuse(setup):
     gelu.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="implements SwiGLU .* uses 'gelu'"):
         SharedPrefixDecoder(gelu, steps=1)
+    sliding = copy.deepcopy(model.backbone.model)
+    sliding.config.use_sliding_window = True
+    with pytest.raises(ValueError, match="sliding-window"):
+        SharedPrefixDecoder(sliding, steps=1)
+
+
+def test_fused_weight_cache_follows_the_weights(setup):
+    model, *_, history, lengths = setup
+    model = copy.deepcopy(model)
+    embeds, mask, positions = model.prompt_inputs(history, lengths)
+    layer = model.backbone.model.layers[0]
+
+    def prefill():
+        with torch.no_grad():
+            return SharedPrefixDecoder(model.backbone.model, steps=1).prefill(embeds, mask.long(), positions)
+
+    before = prefill()  # a 0/1 integer mask, as transformers takes it, works too
+    with torch.no_grad():
+        layer.mlp.up_proj.weight.mul_(2)  # seen: the version counter moves
+    changed = prefill()
+    assert not torch.allclose(before, changed)
+    with torch.no_grad():
+        layer.mlp.up_proj.weight.data.mul_(0.5)  # through .data: invisible until the cache is cleared
+    assert torch.equal(prefill(), changed)
+    clear_fused_weights()
+    torch.testing.assert_close(prefill(), before)
 
 
 def test_trie_must_match_the_vocabulary(setup):

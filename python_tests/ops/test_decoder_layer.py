@@ -162,6 +162,7 @@ def test_refuses_gradients():
         (lambda a: {**a, "cos": a["cos"][:1].repeat(5, 1), "sin": a["sin"][:1].repeat(5, 1)},
          r"N = 12 rows must be a multiple of cos's M = 5"),
         (lambda a: {**a, "rotated_heads": 9}, r"rotated_heads = 9 heads of width D = 8 do not fit in the O = 64"),
+        (lambda a: {**a, "rotated_heads": 2**62}, r"rotated_heads = 4611686018427387904 heads .* do not fit"),
     ],
 )
 def test_layer_qkv_bad_input_is_named(change, match):

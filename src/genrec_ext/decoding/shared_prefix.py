@@ -33,7 +33,8 @@ class _LayerWeights:
     post_norm: Tensor
     gate_up: Tensor  # [2I, H]: gate rows, then up
     down: Tensor
-    eps: float
+    eps: float  # the input norm's
+    post_eps: float  # the post-attention norm's
     scaling: float
 
 
@@ -41,11 +42,21 @@ def _bias(linear: nn.Linear, out_features: int) -> Tensor:
     return linear.bias if linear.bias is not None else linear.weight.new_zeros(out_features)
 
 
+# layer -> (key, the source tensors, fused weights). Holding the sources keeps their memory from being reused
+# by new weights that would then match the key.
 _FUSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def clear_fused_weights() -> None:
+    """Drop every cached fused weight copy. Needed only after editing weights in place through ``.data``
+    (which bypasses the version counters the cache watches); ordinary training steps, ``load_state_dict``
+    and ``.to()`` are seen."""
+    _FUSED.clear()
+
+
 def _layer_weights(layer: nn.Module) -> _LayerWeights:
-    """A decoder layer's weights in the fused ops' layout, cached until any of them changes (training)."""
+    """A decoder layer's weights in the fused ops' layout, cached until any of them changes (their storage or
+    version counter: an optimizer step, ``load_state_dict``, ``.to()``)."""
     attn, mlp = layer.self_attn, layer.mlp
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
     parts = [p.weight for p in projections] + [p.bias for p in projections if p.bias is not None]
@@ -61,10 +72,11 @@ def _layer_weights(layer: nn.Module) -> _LayerWeights:
                 torch.cat([_bias(p, p.out_features) for p in projections]) if has_bias else None,
                 attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
                 torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), mlp.down_proj.weight,
-                layer.input_layernorm.variance_epsilon, attn.scaling)
-        hit = (key, weights)
+                layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon,
+                attn.scaling)
+        hit = (key, parts, weights)
         _FUSED[layer] = hit
-    return hit[1]
+    return hit[2]
 
 
 class SharedPrefixDecoder:
@@ -75,6 +87,9 @@ class SharedPrefixDecoder:
         config = backbone_model.config
         if config.hidden_act != "silu":
             raise ValueError(f"the fused decoder implements SwiGLU (silu); this model's MLP uses {config.hidden_act!r}")
+        if getattr(config, "use_sliding_window", False):
+            raise ValueError("the fused decoder implements full causal attention; this model uses sliding-window "
+                             "attention (config.use_sliding_window)")
         self.model = backbone_model
         self.weights = [_layer_weights(layer) for layer in backbone_model.layers]
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -97,6 +112,7 @@ class SharedPrefixDecoder:
         [B, P]``) -> the last position's final hidden state ``[B, H]``; keeps every layer's keys and values."""
         bsz, plen, hidden = embeds.shape
         heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
+        mask = mask.bool()
         cos, sin = self._rotary(embeds, positions)
         # Causal over real keys; a padding query also sees itself, so that no row is fully masked (NaN).
         j = torch.arange(plen, device=embeds.device)
@@ -115,7 +131,7 @@ class SharedPrefixDecoder:
             out = F.scaled_dot_product_attention(q, k, v, attend[:, None, -q.shape[2] :], scale=w.scaling,
                                                  enable_gqa=heads != kv_heads)
             out = out.transpose(1, 2).reshape(h.shape[0], heads * hd)
-            h = layer_out(h, out, w.o, w.o_bias, w.post_norm, w.eps, w.gate_up, w.down)
+            h = layer_out(h, out, w.o, w.o_bias, w.post_norm, w.post_eps, w.gate_up, w.down)
         self.prompt_mask = mask
         self.own, self.length = None, 0
         return self._final_norm(h)
@@ -151,6 +167,7 @@ class SharedPrefixDecoder:
             prefix_k, prefix_v = self.prefix[i]
             out = shared_prefix_attention(qkv[:, :, :heads], prefix_k, prefix_v, self.prompt_mask, own[0], own[1],
                                           w.scaling)
-            h = layer_out(h, out.view(bsz * beams, heads * hd), w.o, w.o_bias, w.post_norm, w.eps, w.gate_up, w.down)
+            h = layer_out(h, out.view(bsz * beams, heads * hd), w.o, w.o_bias, w.post_norm, w.post_eps, w.gate_up,
+                          w.down)
         self.length += 1
         return self._final_norm(h).view(bsz, beams, hidden)
