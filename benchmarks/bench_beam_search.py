@@ -8,7 +8,8 @@ and one step alone against an eager PyTorch masked-top-k step.
 Defaults: W = 50, 3 levels of 256 codes, a 10k-item catalogue, batches of 1 / 16 / 64 queries, 20-item
 histories, the `tiny` preset (the decoder's cost is the same for both; what differs is the search around it).
 Ours and HF run in alternating rounds (--hf-reps rounds of --reps / --hf-reps runs of ours and one of HF), so
-both see the same machine.
+both see the same machine. --preset / --dtype change the model of both sides (tables of other settings are
+written as beam_search_<device>_<preset>_<dtype>).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--hf-reps", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's (both sides)")
     args = ap.parse_args()
     device, width = args.device, args.beam
     levels = (256, 256, 256)
@@ -95,7 +97,7 @@ def main() -> None:
         for depth in range(3):
             prefixes.setdefault(tuple(sid[:depth]), set()).add(vocab.offsets[depth] + sid[depth])
     prefixes = {k: sorted(v) for k, v in prefixes.items()}
-    model = build_model(args.preset, vocab).to(device).eval()
+    model = build_model(args.preset, vocab).to(device, getattr(torch, args.dtype)).eval()
     rows = []
     for batch in [int(b) for b in args.batches.split(",")]:
         history = vocab.tokens(torch.from_numpy(sids[rng.integers(0, len(sids), (batch, args.history))])).to(device)
@@ -120,12 +122,13 @@ def main() -> None:
         row["x_step"] = row["step_eager_us"] / row["step_ours_us"]
         rows.append(row)
         print_row(row)
-    note = (f"{machine_description(device)}, preset {args.preset}, W={width}, 3 x 256 codes, {len(sids):,} items, "
+    note = (f"{machine_description(device)}, preset {args.preset} in {args.dtype}, W={width}, 3 x 256 codes, {len(sids):,} items, "
             f"{args.history}-item histories. x_hf: HF generate time / ours (end to end, same model); "
             "x_step: eager masked-top-k step / genrec::beam_step (depth 1).")
     write_table(rows, ["batch", "ours_p50_ms", "ours_p99_ms", "hf_p50_ms", "hf_p99_ms", "ours_qps", "hf_qps", "x_hf",
                        "step_ours_us", "step_eager_us", "x_step"], "Constrained beam search",
-                args.out / f"beam_search_{device}", note)
+                args.out / f"beam_search_{device}" if args.preset == "tiny" and args.dtype == "float32"
+                else args.out / f"beam_search_{device}_{args.preset}_{args.dtype}", note)
 
 
 if __name__ == "__main__":
