@@ -111,12 +111,12 @@ def test_decoder_refuses_misuse(setup):
     decoder = SharedPrefixDecoder(model.backbone.model, steps=1)
     h = torch.zeros(1, 2, model.config.hidden_size)
     with pytest.raises(RuntimeError, match="before prefill"):
-        decoder.step(h, torch.tensor([3]))
+        decoder.step(h)
     with torch.no_grad():
         decoder.prefill(*model.prompt_inputs(history[:1], lengths[:1]))
-        decoder.step(h, torch.tensor([6]))
+        decoder.step(h)
         with pytest.raises(RuntimeError, match="made for 1 steps"):
-            decoder.step(h, torch.tensor([7]))
+            decoder.step(h)
     gelu = copy.deepcopy(model.backbone.model)
     gelu.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="implements SwiGLU .* uses 'gelu'"):
@@ -172,7 +172,7 @@ def test_a_decode_step_and_beam_step_replay_from_a_cuda_graph(setup):
 
         def step():
             decoder.length = 0  # replay the same (first) step
-            hidden = decoder.step(tokens, positions[:, -1] + 1)
+            hidden = decoder.step(tokens)
             logits = level_logits(model, hidden.reshape(12, -1), 1).view(3, 4, -1)
             return hidden, beam_step(logits, scores, nodes, trie.offsets[1], trie.codes[1], 4, True)
 

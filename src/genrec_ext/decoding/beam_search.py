@@ -60,7 +60,7 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
             break
         decoder.reorder(safe_parents)
         token = model.vocab.offsets[level] + step_codes.clamp(min=0)  # [B, W]
-        hidden = decoder.step(model.embed_tokens(token), positions[:, -1] + level + 1).reshape(-1, embeds.shape[-1])
+        hidden = decoder.step(model.embed_tokens(token)).reshape(-1, embeds.shape[-1])
     if constrained:
         items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
     else:

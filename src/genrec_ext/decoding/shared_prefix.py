@@ -97,23 +97,25 @@ class SharedPrefixDecoder:
         self.steps = steps
         self.prefix: list[tuple[Tensor, Tensor]] = []  # per layer, the prompt's keys/values [B, Hkv, P, D]
         self.prompt_mask: Tensor | None = None  # [B, P] bool, false in the left padding
+        self.step_rotary: tuple[Tensor, Tensor] | None = None  # cos / sin [B, steps, D] of the decode positions
         # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, Hkv, steps, D], filled up to
         # `length`: a step writes one slot per layer, and a reorder is one gather for all layers.
         self.own: Tensor | None = None
         self.length = 0
 
-    def _rotary(self, like: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """cos / sin ``[positions.numel(), D]`` from the backbone's own rotary module (any rope scaling)."""
-        cos, sin = self.model.rotary_emb(like, positions)
-        return cos.reshape(-1, self.head_dim), sin.reshape(-1, self.head_dim)
-
     def prefill(self, embeds: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         """The prompts ``embeds [B, P, H]`` (left-padded: ``mask [B, P]`` false in the padding, ``positions
-        [B, P]``) -> the last position's final hidden state ``[B, H]``; keeps every layer's keys and values."""
+        [B, P]``) -> the last position's final hidden state ``[B, H]``; keeps every layer's keys and values.
+        Decode step t then runs at position ``positions[:, -1] + t + 1``."""
         bsz, plen, hidden = embeds.shape
         heads, kv_heads, hd = self.heads, self.kv_heads, self.head_dim
         mask = mask.bool()
-        cos, sin = self._rotary(embeds, positions)
+        # The rotary tables of the prompt and of every decode step, in one call of the backbone's own rotary
+        # module (whatever its rope scaling).
+        ahead = positions[:, -1:] + torch.arange(1, self.steps + 1, device=positions.device)
+        cos, sin = self.model.rotary_emb(embeds, torch.cat([positions, ahead], 1))  # [B, P + steps, D]
+        self.step_rotary = (cos[:, plen:], sin[:, plen:])
+        cos, sin = cos[:, :plen].reshape(-1, hd), sin[:, :plen].reshape(-1, hd)
         # Causal over real keys; a padding query also sees itself, so that no row is fully masked (NaN).
         j = torch.arange(plen, device=embeds.device)
         causal = j[None, :] <= j[:, None]
@@ -146,8 +148,8 @@ class SharedPrefixDecoder:
             index = parents[None, None, :, :, None, None, None].expand(filled.shape)
             filled.copy_(filled.gather(3, index))
 
-    def step(self, embeds: Tensor, positions: Tensor) -> Tensor:
-        """One token per beam: ``embeds [B, W, H]`` at ``positions [B]`` (the same for all of a query's beams)
+    def step(self, embeds: Tensor) -> Tensor:
+        """One token per beam, ``embeds [B, W, H]``, at the next position (the same for all of a query's beams)
         -> final hidden states ``[B, W, H]``."""
         if self.prompt_mask is None:
             raise RuntimeError("SharedPrefixDecoder.step before prefill")
@@ -157,7 +159,7 @@ class SharedPrefixDecoder:
         t, heads, kv_heads, hd = self.length, self.heads, self.kv_heads, self.head_dim
         if self.own is None:
             self.own = embeds.new_empty(len(self.weights), 2, bsz, beams, kv_heads, self.steps, hd)
-        cos, sin = self._rotary(embeds, positions[:, None])  # one row per query, shared by its beams
+        cos, sin = self.step_rotary[0][:, t], self.step_rotary[1][:, t]  # [B, D]: shared by a query's beams
         h = embeds.reshape(bsz * beams, hidden)
         for i, w in enumerate(self.weights):
             qkv = layer_qkv(h, w.input_norm, w.eps, w.qkv, w.qkv_bias, cos, sin, heads + kv_heads)
