@@ -85,13 +85,15 @@ def main() -> None:
                     "qkv_hf": hf_qkv, "out_ours": lambda: layer_out(*out_args),
                     "out_ref": lambda: reference.layer_out(*out_args), "out_hf": hf_out,
                     "norm_ours": lambda: rms_norm(x, layer.input_layernorm.weight, eps),
+                    "norm_ref": lambda: reference.rms_norm(x, layer.input_layernorm.weight, eps),
                     "norm_hf": lambda: layer.input_layernorm(x)}, device, budget_s=args.budget)
                 t = {name: ms * 1e3 for name, ms in t.items()}
                 row = dict(preset=preset, rows=n, qkv_ours_us=t["qkv_ours"], qkv_hf_us=t["qkv_hf"],
                            x_qkv_hf=t["qkv_hf"] / t["qkv_ours"], x_qkv_ref=t["qkv_ref"] / t["qkv_ours"],
                            out_ours_us=t["out_ours"], out_hf_us=t["out_hf"], x_out_hf=t["out_hf"] / t["out_ours"],
                            x_out_ref=t["out_ref"] / t["out_ours"], norm_ours_us=t["norm_ours"],
-                           norm_hf_us=t["norm_hf"], x_norm_hf=t["norm_hf"] / t["norm_ours"])
+                           norm_hf_us=t["norm_hf"], x_norm_hf=t["norm_hf"] / t["norm_ours"],
+                           x_norm_ref=t["norm_ref"] / t["norm_ours"])
                 rows.append(row)
                 print_row(row)
     note = (f"{machine_description(device)}, {args.dtype}, W={args.beams} beams per query. x_*_hf: transformers' "
