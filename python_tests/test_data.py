@@ -251,6 +251,14 @@ def test_time_split_last_day_is_test():
     assert sp.test[1].history.tolist() == [A, B, C, D]
 
 
+def test_popularity_counts_only_the_split_s_own_positives():
+    # A split's Ragged rows share one pool of values with the other splits; only its rows may count.
+    from genrec_ext.eval import item_popularity
+
+    pop = item_popularity(time_split(build(day_rows())).train)  # q1 clicks b, q2 clicks c
+    assert pop.sum() == 2 and pop[B] == 1 and pop[C] == 1
+
+
 def test_time_split_with_validation_days():
     sp = time_split(build(day_rows()), test_days=1, valid_days=1)
     assert ([x.request for x in sp.train], [x.request for x in sp.valid], [x.request for x in sp.test]) == (

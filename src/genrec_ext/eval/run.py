@@ -15,8 +15,9 @@ from .metrics import DEFAULT_KS, evaluate
 
 
 def item_popularity(samples: PageSamples) -> np.ndarray:
-    """Positive interactions per item in ``samples`` (e.g. the training split), for the long-tail share."""
-    return np.bincount(samples.positives.values, minlength=samples.num_items)
+    """Positive interactions per item in ``samples`` (e.g. the training split), for the long-tail share. Only
+    the rows of ``samples``: a split's ``Ragged`` shares its pool of values with the other splits."""
+    return np.bincount(samples.positives.to_csr()[1], minlength=samples.num_items)
 
 
 @torch.no_grad()
