@@ -5,8 +5,7 @@
 namespace genrec {
 
 BeamStepArgs check_beam_step_args(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
-                                  const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width,
-                                  bool constrained) {
+                                  const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width) {
   const auto t = logits.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kDouble,
               "beam_step: logits must be float32, bfloat16 or float64, got ", t);
@@ -31,7 +30,7 @@ BeamStepArgs check_beam_step_args(const at::Tensor& logits, const at::Tensor& sc
     TORCH_CHECK(other->device() == logits.device(), "beam_step: all inputs must be on ", logits.device(),
                 ", got one on ", other->device());
   }
-  return {batch, beams, logits.size(2), child_offsets.size(0) - 1, child_codes.size(0), beam_width, constrained};
+  return {batch, beams, logits.size(2), child_offsets.size(0) - 1, child_codes.size(0), beam_width};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_beam_step_outputs(const at::Tensor& scores,

@@ -16,13 +16,11 @@ struct BeamStepArgs {
   int64_t nodes;      // trie nodes at this depth (child_offsets.size(0) - 1)
   int64_t children;   // trie nodes at the next depth (child_codes.size(0))
   int64_t out_beams;  // W' beams out
-  bool constrained;
 };
 
 // Validates dtypes, shapes and devices (errors name the argument and value); returns the sizes.
 BeamStepArgs check_beam_step_args(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
-                                  const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width,
-                                  bool constrained);
+                                  const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width);
 
 // Outputs in the layout the schema returns: scores (dtype of `scores`), codes, parents, child nodes (int64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> empty_beam_step_outputs(const at::Tensor& scores,

@@ -11,17 +11,22 @@ void check_dtype(const char* op, const char* name, const at::Tensor& t, const at
   TORCH_CHECK(t.device() == x.device(), op, ": ", name, " must be on ", x.device(), ", got ", t.device());
 }
 
-void check_input(const char* op, const char* name, const at::Tensor& x) {
+void check_float_dtype(const char* op, const char* name, const at::Tensor& x) {
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble, op, ": ", name,
               " must be float32, bfloat16, float16 or float64, got ", t);
+}
+
+void check_input(const char* op, const char* name, const at::Tensor& x) {
+  check_float_dtype(op, name, x);
   TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D [N, H], got shape ", x.sizes());
 }
 
-void check_norm(const char* op, const at::Tensor& norm_weight, const at::Tensor& x) {
-  TORCH_CHECK(norm_weight.dim() == 1 && norm_weight.size(0) == x.size(1), op, ": norm_weight must be [H] = [",
-              x.size(1), "], got shape ", norm_weight.sizes());
-  check_dtype(op, "norm_weight", norm_weight, x);
+// An RMSNorm weight over x's last dimension.
+void check_norm(const char* op, const char* name, const at::Tensor& weight, const at::Tensor& x) {
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(-1), op, ": ", name, " must be [H] = [", x.size(-1),
+              "], got shape ", weight.sizes());
+  check_dtype(op, name, weight, x);
 }
 
 void check_weight(const char* op, const char* name, const at::Tensor& w, int64_t rows, int64_t cols,
@@ -48,19 +53,11 @@ at::Tensor rms_normed(const DecoderLayerKernels& k, const at::Tensor& x, const a
 
 at::Tensor rms_norm_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& weight, double eps) {
   constexpr const char* op = "rms_norm";
-  const auto t = x.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble, op,
-              ": x must be float32, bfloat16, float16 or float64, got ", t);
+  check_float_dtype(op, "x", x);
   TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
-  const int64_t width = x.size(-1);
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == width, op, ": weight must be [H] = [", width, "], got shape ",
-              weight.sizes());
-  check_dtype(op, "weight", weight, x);
-  auto out = at::empty(x.sizes(), x.options());
-  if (out.numel() == 0) return out;
-  auto rows = out.view({-1, width});
-  k.rms_norm(x.contiguous().view({-1, width}), weight.contiguous(), eps, rows);
-  return out;
+  check_norm(op, "weight", weight, x);
+  if (x.numel() == 0) return at::empty(x.sizes(), x.options());
+  return rms_normed(k, x.reshape({-1, x.size(-1)}), weight, eps).view(x.sizes());
 }
 
 at::Tensor layer_qkv_impl(const DecoderLayerKernels& k, const at::Tensor& x, const at::Tensor& norm_weight,
@@ -68,7 +65,7 @@ at::Tensor layer_qkv_impl(const DecoderLayerKernels& k, const at::Tensor& x, con
                           const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
   constexpr const char* op = "layer_qkv";
   check_input(op, "x", x);
-  check_norm(op, norm_weight, x);
+  check_norm(op, "norm_weight", norm_weight, x);
   check_weight(op, "weight", weight, -1, x.size(1), x);
   const int64_t out_dim = weight.size(0);
   check_bias(op, "bias", bias, out_dim, x);
@@ -101,7 +98,7 @@ at::Tensor layer_out_impl(const DecoderLayerKernels& k, const at::Tensor& h, con
   check_dtype(op, "attn", attn, h);
   check_weight(op, "o_weight", o_weight, hidden, attn.size(1), h);
   check_bias(op, "o_bias", o_bias, hidden, h);
-  check_norm(op, norm_weight, h);
+  check_norm(op, "norm_weight", norm_weight, h);
   TORCH_CHECK(gate_up_weight.dim() == 2 && gate_up_weight.size(0) % 2 == 0 && gate_up_weight.size(1) == hidden, op,
               ": gate_up_weight must be [2I, H] with H = ", hidden, ", got shape ", gate_up_weight.sizes());
   check_dtype(op, "gate_up_weight", gate_up_weight, h);

@@ -41,4 +41,6 @@ SharedPrefixAttentionArgs check_shared_prefix_attention_args(const at::Tensor& q
   return {batch, beams, heads, kv_heads, prefix, own_k.size(3), dim};
 }
 
+at::Tensor dense_last_dim(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+
 }  // namespace genrec

@@ -23,4 +23,8 @@ SharedPrefixAttentionArgs check_shared_prefix_attention_args(const at::Tensor& q
                                                              const at::Tensor& prefix_v, const at::Tensor& prefix_mask,
                                                              const at::Tensor& own_k, const at::Tensor& own_v);
 
+// q and the own keys / values are read through their strides (the decoder passes views of its fused q|k|v
+// projection and of its per-beam buffer); only their last dimension must be dense. x, or a dense copy.
+at::Tensor dense_last_dim(const at::Tensor& x);
+
 }  // namespace genrec

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "beam_step_common.h"
+#include "cpu/rows.h"
 #include "cpu/vec_math.h"
 
 namespace genrec {
@@ -35,17 +36,6 @@ RowStats<acc_t> row_stats(const acc_t* x, int64_t n) {
   const acc_t m = cpu::row_max(x, n);
   if (!(m > -std::numeric_limits<acc_t>::infinity()) || std::isinf(m)) return {m, m};  // all -inf, +inf or NaN
   return {m, m + std::log(cpu::sum_exp_shifted(x, n, m))};
-}
-
-// The row in the accumulation type: itself, or widened into `buffer` (bf16).
-template <typename scalar_t, typename acc_t>
-const acc_t* as_acc(const scalar_t* row, int64_t n, std::vector<acc_t>& buffer) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return row;
-  } else {
-    std::copy_n(row, n, buffer.begin());
-    return buffer.data();
-  }
 }
 
 template <typename acc_t>
@@ -94,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
     const at::Tensor& logits_in, const at::Tensor& scores_in, const at::Tensor& nodes_in,
     const at::Tensor& offsets_in, const at::Tensor& codes_in, int64_t beam_width, bool constrained) {
   const BeamStepArgs a =
-      check_beam_step_args(logits_in, scores_in, nodes_in, offsets_in, codes_in, beam_width, constrained);
+      check_beam_step_args(logits_in, scores_in, nodes_in, offsets_in, codes_in, beam_width);
   const auto logits = logits_in.contiguous();
   const auto scores = scores_in.contiguous();
   const auto nodes = nodes_in.contiguous();
@@ -121,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
     const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
     at::parallel_for(0, a.batch, 1, [&](int64_t b0, int64_t b1) {
       TopHeap<acc_t> heap(a.out_beams);
-      std::vector<acc_t> widened(std::is_same_v<scalar_t, acc_t> ? 0 : a.width);  // bf16 row as float
+      std::vector<acc_t> buffer;  // a bf16 row widened to float
       for (int64_t b = b0; b < b1; ++b) {
         heap.clear();
         for (int64_t w = 0; w < a.beams; ++w) {
@@ -130,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
           if (!(s > neg_inf) || (constrained && node < 0)) continue;  // dead beam (or NaN score)
           // Every candidate of this beam scores <= s and has a larger key than all kept so far.
           if (!heap.admits_later(s)) continue;
-          const acc_t* row = as_acc(lg + (b * a.beams + w) * a.width, a.width, widened);
+          const acc_t* row = cpu::widened(lg + (b * a.beams + w) * a.width, a.width, buffer);
           const RowStats<acc_t> st = row_stats(row, a.width);
           // s + (x - lse) is the reference's score + log_softmax, and never exceeds s (x - lse <= 0).
           if (!heap.admits_later(s + (st.max - st.lse))) continue;

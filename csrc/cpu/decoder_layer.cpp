@@ -12,26 +12,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "cpu/rows.h"
 #include "cpu/vec_math.h"
 #include "decoder_layer_common.h"
 
 namespace genrec {
 namespace {
-
-// Rows per task: enough elements that a task outweighs waking a thread.
-int64_t row_grain(int64_t width) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1)); }
-
-// The row as acc_t: itself when the dtypes agree, else widened into `buffer`.
-template <typename scalar_t, typename acc_t>
-const acc_t* widened(const scalar_t* row, int64_t n, std::vector<acc_t>& buffer) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return row;
-  } else {
-    buffer.resize(n);
-    for (int64_t j = 0; j < n; ++j) buffer[j] = static_cast<acc_t>(row[j]);
-    return buffer.data();
-  }
-}
 
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
   const int64_t rows = x.size(0), width = x.size(1);
@@ -40,10 +26,10 @@ void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(width), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::row_grain(width), [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> buffer;
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t* row = widened(xp + r * width, width, buffer);
+        const acc_t* row = cpu::widened(xp + r * width, width, buffer);
         const acc_t inv = acc_t(1) / std::sqrt(cpu::sum_squares(row, width) / width + static_cast<acc_t>(eps));
         scalar_t* dst = op + r * width;
         for (int64_t j = 0; j < width; ++j) {
@@ -63,7 +49,7 @@ void rotary_rows(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, in
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const scalar_t* cp = cos.const_data_ptr<scalar_t>();
     const scalar_t* sp = sin.const_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(rotated_heads * dim), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::row_grain(rotated_heads * dim), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* c = cp + r / rows_per_position * dim;
         const scalar_t* s = sp + r / rows_per_position * dim;
@@ -87,11 +73,11 @@ void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = gate_up.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, row_grain(2 * inner), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::row_grain(2 * inner), [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> gate_buffer, up_buffer;
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t* gate = widened(gp + r * 2 * inner, inner, gate_buffer);
-        const acc_t* up = widened(gp + r * 2 * inner + inner, inner, up_buffer);
+        const acc_t* gate = cpu::widened(gp + r * 2 * inner, inner, gate_buffer);
+        const acc_t* up = cpu::widened(gp + r * 2 * inner + inner, inner, up_buffer);
         if constexpr (std::is_same_v<scalar_t, acc_t>) {
           cpu::silu_mul(gate, up, reinterpret_cast<acc_t*>(op + r * inner), inner);  // the same type
         } else {  // into the gate's buffer, then narrowed

@@ -13,8 +13,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
-#include <limits>
 #include <vector>
 
 #include "cpu/vec16.h"
@@ -87,26 +85,6 @@ inline __attribute__((always_inline)) void weighted_rows(const float* c, int64_t
   }
 }
 
-// Softmax weights in place over whole blocks of n scores (the tail past n is set to -inf, whose weights,
-// < 1.2e-38 after the clamp in exp, never reach an output); returns 1 / their sum.
-inline __attribute__((always_inline)) float softmax_in_place(float* weights, int64_t n) {
-  const int64_t padded = round_up(n);
-  for (int64_t i = n; i < padded; ++i) weights[i] = -std::numeric_limits<float>::infinity();
-  Vec m = cpu::splat(-std::numeric_limits<float>::infinity());
-  for (int64_t i = 0; i < padded; i += kLanes) {
-    const Vec v = load(weights + i);
-    m = v > m ? v : m;
-  }
-  const float top = cpu::hmax(m);
-  Vec sum = {};
-  for (int64_t i = 0; i < padded; i += kLanes) {
-    const Vec e = cpu::exp_nonpositive(load(weights + i) - top);
-    store(weights + i, e);
-    sum += e;
-  }
-  return 1.0f / cpu::hsum(sum);  // >= 1: the maximum contributes exactly 1
-}
-
 // R rows (beams / query heads of one KV head): queries [R][value_stride] (scaled) against `visible` prompt
 // keys and each row's own keys; outputs to out[R][value_stride]. `weights` holds R rows of weight_stride.
 // Scores are summed in registers across keys, outputs across dimensions: no horizontal sums in the inner
@@ -130,13 +108,16 @@ inline __attribute__((always_inline)) void attend_block(const float* queries, co
       for (int64_t d = 0; d < dim; d += kLanes) s += load(queries + r * vs + d) * load(k + d);
       w[visible + t] = cpu::hsum(s);
     }
-    inv[r] = softmax_in_place(w, visible + own);
+    const int64_t n = visible + own;  // softmax weights in place (vec_math), and 1 / their sum
+    inv[r] = 1.0f / cpu::sum_exp_shifted(w, n, cpu::row_max(w, n), w);
   }
   for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
     Vec acc[R];
     weighted_rows<R>(weights, weight_stride, panel.values.data() + j0, vs, visible, acc);
     for (int r = 0; r < R; ++r) {
-      for (int64_t t = 0; t < own; ++t) acc[r] += weights[r * weight_stride + visible + t] * load(panel.own_value(r, t) + j0);
+      for (int64_t t = 0; t < own; ++t) {
+        acc[r] += weights[r * weight_stride + visible + t] * load(panel.own_value(r, t) + j0);
+      }
       store(out + r * vs + j0, acc[r] * inv[r]);
     }
   }
@@ -188,15 +169,12 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
                                        const at::Tensor& own_k_in, const at::Tensor& own_v_in, double scale) {
   const auto a =
       check_shared_prefix_attention_args(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
-  // q and the own keys / values are read through their strides (the decoder passes views into its fused
-  // q|k|v projection and its per-beam cache buffer); only their last dimension must be dense.
-  const auto dense_rows = [](const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); };
-  const auto q = dense_rows(q_in);
+  const auto q = dense_last_dim(q_in);
+  const auto own_k = dense_last_dim(own_k_in);
+  const auto own_v = dense_last_dim(own_v_in);
   const auto prefix_k = prefix_k_in.contiguous();
   const auto prefix_v = prefix_v_in.contiguous();
   const auto prefix_mask = prefix_mask_in.contiguous();
-  const auto own_k = dense_rows(own_k_in);
-  const auto own_v = dense_rows(own_v_in);
   auto out = at::empty(q.sizes(), q.options());
   // Strides read once here: Tensor::stride() in the row loop costs a checked call per use.
   const auto strides = [](const at::Tensor& x) {

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu/rows.h"
 #include "token_merge_common.h"
 
 namespace genrec {
@@ -54,7 +55,7 @@ void table_sum_cpu(const at::Tensor& table, const at::Tensor& level_info, const 
     const acc_t* P = table.const_data_ptr<acc_t>();
     const scalar_t* b = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(d_out, 1)), [&](int64_t r0, int64_t r1) {
+    at::parallel_for(0, rows, cpu::row_grain(d_out), [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> row_acc(d_out);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t* t = tok + r * levels;
@@ -88,7 +89,7 @@ void gather_concat_cpu(const at::Tensor& embedding, const at::Tensor& tokens, in
     const src_t* E = embedding.const_data_ptr<src_t>();
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "token_merge_gather_out", [&] {
       scalar_t* X = x.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(levels * dim, 1)), [&](int64_t r0, int64_t r1) {
+      at::parallel_for(0, rows, cpu::row_grain(levels * dim), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           for (int64_t l = 0; l < levels; ++l) {
             const int64_t t = tok[r * levels + l];

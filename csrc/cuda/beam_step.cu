@@ -3,22 +3,22 @@
 //     candidate range (the node's children in the CSR trie, or all K codes when unconstrained);
 //  2. W' rounds of a block-wide arg-max pick the next best candidate strictly after the previous pick in the
 //     order (score desc, beam * K + code asc), so no candidate list or "taken" mask is materialised.
-#include <cuda_bf16.h>
-
 #include <cfloat>
 #include <cstdint>
 
 #include "beam_step.h"
+#include "kernel_common.cuh"
 
 namespace genrec::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxBeams = 1024;  // shared-memory slots per block (beams in)
+constexpr int64_t kMaxBeams = kBeamStepMaxBeams;  // shared-memory slots per block (beams in)
 
-template <typename T> __device__ __forceinline__ float to_float(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename A> __device__ __forceinline__ A lowest();  // the most negative finite value
+template <> __device__ __forceinline__ float lowest<float>() { return -FLT_MAX; }
+template <> __device__ __forceinline__ double lowest<double>() { return -DBL_MAX; }
 template <typename A> __device__ __forceinline__ A neg_inf();
 template <> __device__ __forceinline__ float neg_inf<float>() { return -FLT_MAX * 2.0f; }
 template <> __device__ __forceinline__ double neg_inf<double>() { return -DBL_MAX * 2.0; }
@@ -62,12 +62,12 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
 
   for (int64_t w = warp; w < beams; w += kWarps) {
     const T* row = q_logits + w * width;
-    float mx = -FLT_MAX;
-    for (int64_t c = lane; c < width; c += 32) mx = fmaxf(mx, to_float(row[c]));
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    A mx = lowest<A>();
+    for (int64_t c = lane; c < width; c += 32) mx = fmax(mx, static_cast<A>(to_acc(row[c])));
+    mx = warp_max(mx);
     A sum = 0;
-    for (int64_t c = lane; c < width; c += 32) sum += exp(static_cast<A>(to_float(row[c])) - static_cast<A>(mx));
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    for (int64_t c = lane; c < width; c += 32) sum += exp_acc(static_cast<A>(to_acc(row[c])) - mx);
+    sum = warp_sum(sum);
     if (lane == 0) {
       const A s = scores[b * beams + w];
       const int64_t node = nodes[b * beams + w];
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
         live = live && first >= 0 && end <= num_children && end >= first;
         count = live ? end - first : 0;
       }
-      base_s[w] = live ? s - (static_cast<A>(mx) + log(sum)) : neg_inf<A>();
+      base_s[w] = live ? s - (mx + log(sum)) : neg_inf<A>();
       first_s[w] = first;
       start_s[w + 1] = live ? count : 0;
     }
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) beam_step_kernel(
       const int64_t j = first_s[lo] + (p - start_s[lo]);
       const int64_t code = constrained ? codes[j] : j;
       if (code < 0 || code >= width) continue;
-      const Pick<A> cand{base_s[lo] + static_cast<A>(to_float(q_logits[lo * width + code])), lo * width + code,
+      const Pick<A> cand{base_s[lo] + static_cast<A>(to_acc(q_logits[lo * width + code])), lo * width + code,
                          constrained ? j : -1};
       if (cand.score > neg_inf<A>() && (last.key < 0 || before(last, cand)) && before(cand, best)) best = cand;
     }
@@ -137,27 +137,15 @@ cudaError_t launch_beam_step(DType logits_type, const void* logits, const void* 
                              int64_t* out_nodes, cudaStream_t stream) {
   if (batch == 0 || out_beams == 0) return cudaSuccess;
   if (beams > kMaxBeams || batch > 2147483647) return cudaErrorInvalidConfiguration;
-  switch (logits_type) {
-    case DType::kFloat32:
-      beam_step_kernel<float, float><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
-          static_cast<const float*>(logits), static_cast<const float*>(scores), nodes, child_offsets, child_codes, beams,
-          width, num_nodes, num_children, out_beams, constrained, static_cast<float*>(out_scores), out_codes,
-          out_parents, out_nodes);
-      break;
-    case DType::kBFloat16:
-      beam_step_kernel<__nv_bfloat16, float><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(logits), static_cast<const float*>(scores), nodes, child_offsets,
-          child_codes, beams, width, num_nodes, num_children, out_beams, constrained, static_cast<float*>(out_scores),
-          out_codes, out_parents, out_nodes);
-      break;
-    case DType::kFloat64:
-      beam_step_kernel<double, double><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
-          static_cast<const double*>(logits), static_cast<const double*>(scores), nodes, child_offsets, child_codes,
-          beams, width, num_nodes, num_children, out_beams, constrained, static_cast<double*>(out_scores), out_codes,
-          out_parents, out_nodes);
-      break;
-  }
-  return cudaGetLastError();
+  return dispatch(logits_type, [&](auto types) {
+    using T = typename decltype(types)::T;
+    using A = typename decltype(types)::A;  // of the scores
+    beam_step_kernel<T, A><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(
+        static_cast<const T*>(logits), static_cast<const A*>(scores), nodes, child_offsets, child_codes, beams, width,
+        num_nodes, num_children, out_beams, constrained, static_cast<A*>(out_scores), out_codes, out_parents,
+        out_nodes);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace genrec::cuda

@@ -11,6 +11,8 @@
 
 namespace genrec::cuda {
 
+constexpr int64_t kBeamStepMaxBeams = 1024;  // beams in per query (shared-memory slots of a block)
+
 // logits: [batch, beams, width] of `logits_type`; scores / out_scores: float (double for kFloat64 logits).
 // Trie indices are bounds-guarded: a node, offset or code out of range makes that candidate dead.
 cudaError_t launch_beam_step(DType logits_type, const void* logits, const void* scores, const int64_t* nodes,

@@ -8,6 +8,7 @@
 
 #include "beam_step_common.h"
 #include "cuda/beam_step.h"
+#include "cuda/glue.h"
 
 namespace genrec {
 namespace {
@@ -15,25 +16,22 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cuda(
     const at::Tensor& logits_in, const at::Tensor& scores_in, const at::Tensor& nodes_in,
     const at::Tensor& offsets_in, const at::Tensor& codes_in, int64_t beam_width, bool constrained) {
-  const BeamStepArgs a =
-      check_beam_step_args(logits_in, scores_in, nodes_in, offsets_in, codes_in, beam_width, constrained);
+  const BeamStepArgs a = check_beam_step_args(logits_in, scores_in, nodes_in, offsets_in, codes_in, beam_width);
   const c10::cuda::CUDAGuard guard(logits_in.device());
-  TORCH_CHECK(a.beams <= 1024, "beam_step: at most 1024 beams in on CUDA, got W = ", a.beams);
+  TORCH_CHECK(a.beams <= cuda::kBeamStepMaxBeams, "beam_step: at most ", cuda::kBeamStepMaxBeams,
+              " beams in on CUDA, got W = ", a.beams);
   const auto logits = logits_in.contiguous();
   const auto scores = scores_in.contiguous();
   const auto nodes = nodes_in.contiguous();
   const auto offsets = offsets_in.contiguous();
   const auto codes = codes_in.contiguous();
   auto [out_scores, out_codes, out_parents, out_nodes] = empty_beam_step_outputs(scores, a);
-  const auto type = logits.scalar_type() == at::kDouble     ? cuda::DType::kFloat64
-                    : logits.scalar_type() == at::kBFloat16 ? cuda::DType::kBFloat16
-                                                             : cuda::DType::kFloat32;
   C10_CUDA_CHECK(cuda::launch_beam_step(
-      type, logits.const_data_ptr(), scores.const_data_ptr(), nodes.const_data_ptr<int64_t>(),
+      cuda::dtype_tag(logits), logits.const_data_ptr(), scores.const_data_ptr(), nodes.const_data_ptr<int64_t>(),
       offsets.const_data_ptr<int64_t>(), codes.const_data_ptr<int64_t>(), a.batch, a.beams, a.width, a.nodes,
       a.children, a.out_beams, constrained, out_scores.mutable_data_ptr(), out_codes.mutable_data_ptr<int64_t>(),
       out_parents.mutable_data_ptr<int64_t>(), out_nodes.mutable_data_ptr<int64_t>(),
-      c10::cuda::getCurrentCUDAStream().stream()));
+      cuda::current_stream()));
   return {out_scores, out_codes, out_parents, out_nodes};
 }
 

@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "decoder_layer.h"
-#include "device_math.cuh"
+#include "kernel_common.cuh"
 
 namespace genrec::cuda {
 namespace {
@@ -63,26 +63,6 @@ __global__ void __launch_bounds__(kThreads) silu_mul_kernel(const T* __restrict_
   out[e] = from_acc<T, A>(g / (A(1) + exp_acc(-g)) * u);
 }
 
-template <typename Element, typename Acc> struct Types {
-  using T = Element;
-  using A = Acc;
-};
-
-// Calls f(Types<T, A>{}) for the element type T and its accumulator A.
-template <typename F> cudaError_t dispatch(DType type, F&& f) {
-  switch (type) {
-    case DType::kFloat32:
-      return f(Types<float, float>{});
-    case DType::kBFloat16:
-      return f(Types<__nv_bfloat16, float>{});
-    case DType::kFloat16:
-      return f(Types<__half, float>{});
-    case DType::kFloat64:
-      return f(Types<double, double>{});
-  }
-  return cudaErrorInvalidValue;
-}
-
 }  // namespace
 
 cudaError_t launch_rms_norm(DType type, const void* x, const void* weight, void* out, int64_t rows, int64_t width,
@@ -106,7 +86,6 @@ cudaError_t launch_rotary(DType type, void* y, const void* cos, const void* sin,
   if (blocks_for(n) > kMaxBlocks || positions < 1 || rows % positions != 0) return cudaErrorInvalidConfiguration;
   return dispatch(type, [&](auto types) {
     using T = typename decltype(types)::T;
-    using A = typename decltype(types)::A;
     rotary_kernel<T><<<static_cast<unsigned>(blocks_for(n)), kThreads, 0, stream>>>(
         static_cast<T*>(y), static_cast<const T*>(cos), static_cast<const T*>(sin), rows, width, rows / positions, dim,
         rotated_heads);
@@ -121,7 +100,6 @@ cudaError_t launch_silu_mul(DType type, const void* gate_up, void* out, int64_t 
   if (blocks_for(n) > kMaxBlocks) return cudaErrorInvalidConfiguration;
   return dispatch(type, [&](auto types) {
     using T = typename decltype(types)::T;
-    using A = typename decltype(types)::A;
     silu_mul_kernel<T><<<static_cast<unsigned>(blocks_for(n)), kThreads, 0, stream>>>(static_cast<const T*>(gate_up),
                                                                                       static_cast<T*>(out), rows, inner);
     return cudaGetLastError();

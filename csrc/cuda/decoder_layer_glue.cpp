@@ -8,34 +8,28 @@
 #include <torch/library.h>
 
 #include "cuda/decoder_layer.h"
+#include "cuda/glue.h"
 #include "decoder_layer_common.h"
 
 namespace genrec {
 namespace {
 
-cuda::DType dtype_tag(const at::Tensor& t) {
-  const auto st = t.scalar_type();
-  return st == at::kDouble     ? cuda::DType::kFloat64
-         : st == at::kBFloat16 ? cuda::DType::kBFloat16
-         : st == at::kHalf     ? cuda::DType::kFloat16
-                               : cuda::DType::kFloat32;
-}
-
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+using cuda::current_stream;
+using cuda::dtype_tag;
 
 void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at::Tensor& out) {
-  C10_CUDA_CHECK(cuda::launch_rms_norm(dtype_tag(x), x.const_data_ptr(), weight.const_data_ptr(), out.mutable_data_ptr(),
-                                       x.size(0), x.size(1), eps, stream()));
+  C10_CUDA_CHECK(cuda::launch_rms_norm(dtype_tag(x), x.const_data_ptr(), weight.const_data_ptr(),
+                                       out.mutable_data_ptr(), x.size(0), x.size(1), eps, current_stream()));
 }
 
 void rotary_rows(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
   C10_CUDA_CHECK(cuda::launch_rotary(dtype_tag(y), y.mutable_data_ptr(), cos.const_data_ptr(), sin.const_data_ptr(),
-                                     y.size(0), y.size(1), cos.size(0), cos.size(1), rotated_heads, stream()));
+                                     y.size(0), y.size(1), cos.size(0), cos.size(1), rotated_heads, current_stream()));
 }
 
 void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
   C10_CUDA_CHECK(cuda::launch_silu_mul(dtype_tag(out), gate_up.const_data_ptr(), out.mutable_data_ptr(), out.size(0),
-                                       out.size(1), stream()));
+                                       out.size(1), current_stream()));
 }
 
 constexpr DecoderLayerKernels kCudaKernels{&rms_norm_rows, &rotary_rows, &silu_mul_rows};

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "cuda/glue.h"
 #include "cuda/rq_assign.h"
 #include "rq_assign_common.h"
 
@@ -13,11 +14,10 @@ namespace {
 
 void assign_level_cuda(at::Tensor& residual, const at::Tensor& codebook, const at::Tensor& sq_norms, int64_t* codes,
                        int64_t code_stride) {
-  const auto type = residual.scalar_type() == at::kDouble ? cuda::DType::kFloat64 : cuda::DType::kFloat32;
-  C10_CUDA_CHECK(cuda::launch_rq_assign_level(type, residual.mutable_data_ptr(), codebook.const_data_ptr(),
-                                              sq_norms.const_data_ptr(), residual.size(0), codebook.size(0),
-                                              residual.size(1), codes, code_stride,
-                                              c10::cuda::getCurrentCUDAStream().stream()));
+  C10_CUDA_CHECK(cuda::launch_rq_assign_level(cuda::dtype_tag(residual), residual.mutable_data_ptr(),
+                                              codebook.const_data_ptr(), sq_norms.const_data_ptr(), residual.size(0),
+                                              codebook.size(0), residual.size(1), codes, code_stride,
+                                              cuda::current_stream()));
 }
 
 const RqAssignKernels kCudaKernels{assign_level_cuda};

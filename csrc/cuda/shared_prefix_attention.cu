@@ -4,10 +4,9 @@
 // there, so the prompt is read once per kWarps rows and never copied per beam — and each warp keeps an
 // online softmax (running max, sum and weighted values) in registers; the beam's own keys follow from
 // global memory. Scores, weights and values are accumulated in float (double for float64).
-#include <cfloat>
 #include <cstdint>
 
-#include "device_math.cuh"
+#include "kernel_common.cuh"
 #include "shared_prefix_attention.h"
 
 namespace genrec::cuda {
@@ -49,8 +48,8 @@ template <typename T, typename A>
 __global__ void __launch_bounds__(kThreads) shared_prefix_attention_kernel(
     const T* __restrict__ q, const T* __restrict__ prefix_k, const T* __restrict__ prefix_v,
     const bool* __restrict__ prefix_mask, const T* __restrict__ own_k, const T* __restrict__ own_v,
-    T* __restrict__ out, int64_t beams, int64_t heads, int64_t kv_heads, int64_t prefix, int64_t own, int64_t dim,
-    int64_t tile_keys, A scale) {
+    T* __restrict__ out, RowStrides q_strides, RowStrides own_k_strides, RowStrides own_v_strides, int64_t beams,
+    int64_t heads, int64_t kv_heads, int64_t prefix, int64_t own, int64_t dim, int64_t tile_keys, A scale) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* tile_k = reinterpret_cast<T*>(smem);
   T* tile_v = tile_k + tile_keys * dim;
@@ -61,13 +60,14 @@ __global__ void __launch_bounds__(kThreads) shared_prefix_attention_kernel(
   const int64_t j = static_cast<int64_t>(blockIdx.y) * kWarps + warp;  // (beam, head in group) row of this block
   const bool active = j < beams * group;
   const int64_t w = active ? j / group : 0, h = kvh * group + (active ? j % group : 0);
-  const int64_t row = (b * beams + w) * heads + h;
+  const int64_t row = (b * beams + w) * heads + h;  // of the (dense) output
+  const T* qh = q + b * q_strides.batch + w * q_strides.beam + h * q_strides.head;
 
   A qr[kPerLane];
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
     const int64_t d = lane + 32 * i;
-    qr[i] = d < dim ? to_acc(q[row * dim + d]) * scale : A(0);
+    qr[i] = d < dim ? to_acc(qh[d]) * scale : A(0);
   }
   Online<A> st;
   st.max = -INFINITY;
@@ -93,9 +93,11 @@ __global__ void __launch_bounds__(kThreads) shared_prefix_attention_kernel(
     }
   }
   if (!active) return;
-  const T* ok = own_k + ((b * beams + w) * kv_heads + kvh) * own * dim;
-  const T* ov = own_v + ((b * beams + w) * kv_heads + kvh) * own * dim;
-  for (int64_t t = 0; t < own; ++t) visit(st, qr, ok + t * dim, ov + t * dim, lane, dim);
+  const T* ok = own_k + b * own_k_strides.batch + w * own_k_strides.beam + kvh * own_k_strides.head;
+  const T* ov = own_v + b * own_v_strides.batch + w * own_v_strides.beam + kvh * own_v_strides.head;
+  for (int64_t t = 0; t < own; ++t) {
+    visit(st, qr, ok + t * own_k_strides.token, ov + t * own_v_strides.token, lane, dim);
+  }
   const A inv = A(1) / st.sum;
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
@@ -104,46 +106,30 @@ __global__ void __launch_bounds__(kThreads) shared_prefix_attention_kernel(
   }
 }
 
-template <typename T, typename A>
-cudaError_t launch(const void* q, const void* prefix_k, const void* prefix_v, const bool* prefix_mask,
-                   const void* own_k, const void* own_v, void* out, int64_t batch, int64_t beams, int64_t heads,
-                   int64_t kv_heads, int64_t prefix, int64_t own, int64_t dim, double scale, cudaStream_t stream) {
-  const int64_t tile_keys = kTileBytes / (2 * dim * static_cast<int64_t>(sizeof(T)));
-  const int64_t row_blocks = (beams * (heads / kv_heads) + kWarps - 1) / kWarps;
-  if (tile_keys < 1 || batch * kv_heads > 2147483647 || row_blocks > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>(batch * kv_heads), static_cast<unsigned>(row_blocks));
-  const size_t smem = static_cast<size_t>(2 * tile_keys * dim) * sizeof(T);
-  shared_prefix_attention_kernel<T, A><<<grid, kThreads, smem, stream>>>(
-      static_cast<const T*>(q), static_cast<const T*>(prefix_k), static_cast<const T*>(prefix_v), prefix_mask,
-      static_cast<const T*>(own_k), static_cast<const T*>(own_v), static_cast<T*>(out), beams, heads, kv_heads, prefix,
-      own, dim, tile_keys, static_cast<A>(scale));
-  return cudaGetLastError();
-}
-
 }  // namespace
 
-cudaError_t launch_shared_prefix_attention(DType type, const void* q, const void* prefix_k, const void* prefix_v,
-                                           const bool* prefix_mask, const void* own_k, const void* own_v, void* out,
-                                           int64_t batch, int64_t beams, int64_t heads, int64_t kv_heads,
+cudaError_t launch_shared_prefix_attention(DType type, const void* q, RowStrides q_strides, const void* prefix_k,
+                                           const void* prefix_v, const bool* prefix_mask, const void* own_k,
+                                           RowStrides own_k_strides, const void* own_v, RowStrides own_v_strides,
+                                           void* out, int64_t batch, int64_t beams, int64_t heads, int64_t kv_heads,
                                            int64_t prefix, int64_t own, int64_t dim, double scale,
                                            cudaStream_t stream) {
   if (batch == 0 || beams == 0 || heads == 0 || dim == 0) return cudaSuccess;
   if (dim > kSharedPrefixMaxDim) return cudaErrorInvalidValue;
-  switch (type) {
-    case DType::kFloat32:
-      return launch<float, float>(q, prefix_k, prefix_v, prefix_mask, own_k, own_v, out, batch, beams, heads, kv_heads,
-                                  prefix, own, dim, scale, stream);
-    case DType::kBFloat16:
-      return launch<__nv_bfloat16, float>(q, prefix_k, prefix_v, prefix_mask, own_k, own_v, out, batch, beams, heads,
-                                          kv_heads, prefix, own, dim, scale, stream);
-    case DType::kFloat16:
-      return launch<__half, float>(q, prefix_k, prefix_v, prefix_mask, own_k, own_v, out, batch, beams, heads,
-                                   kv_heads, prefix, own, dim, scale, stream);
-    case DType::kFloat64:
-      return launch<double, double>(q, prefix_k, prefix_v, prefix_mask, own_k, own_v, out, batch, beams, heads,
-                                    kv_heads, prefix, own, dim, scale, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch(type, [&](auto types) {
+    using T = typename decltype(types)::T;
+    using A = typename decltype(types)::A;
+    const int64_t tile_keys = kTileBytes / (2 * dim * static_cast<int64_t>(sizeof(T)));
+    const int64_t row_blocks = (beams * (heads / kv_heads) + kWarps - 1) / kWarps;
+    if (tile_keys < 1 || batch * kv_heads > 2147483647 || row_blocks > 65535) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(batch * kv_heads), static_cast<unsigned>(row_blocks));
+    const size_t smem = static_cast<size_t>(2 * tile_keys * dim) * sizeof(T);
+    shared_prefix_attention_kernel<T, A><<<grid, kThreads, smem, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(prefix_k), static_cast<const T*>(prefix_v), prefix_mask,
+        static_cast<const T*>(own_k), static_cast<const T*>(own_v), static_cast<T*>(out), q_strides, own_k_strides,
+        own_v_strides, beams, heads, kv_heads, prefix, own, dim, tile_keys, static_cast<A>(scale));
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace genrec::cuda

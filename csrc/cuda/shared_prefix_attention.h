@@ -13,11 +13,20 @@ namespace genrec::cuda {
 
 constexpr int64_t kSharedPrefixMaxDim = 256;  // head dimensions up to this (lanes hold D / 32 values each)
 
-// All tensors contiguous, of `type` (mask: one byte per position). q / out [batch, beams, heads, dim];
-// prefix_k / prefix_v [batch, kv_heads, prefix, dim]; own_k / own_v [batch, beams, kv_heads, own, dim].
-cudaError_t launch_shared_prefix_attention(DType type, const void* q, const void* prefix_k, const void* prefix_v,
-                                           const bool* prefix_mask, const void* own_k, const void* own_v, void* out,
-                                           int64_t batch, int64_t beams, int64_t heads, int64_t kv_heads,
+// Element strides of a query or own-key/value tensor; its last (head) dimension is dense. The decoder passes
+// views (q out of its fused q|k|v projection, own keys / values out of a buffer sized for every step), which
+// are read in place.
+struct RowStrides {
+  int64_t batch, beam, head, token;  // token: own keys / values only
+};
+
+// All of `type` (mask: one byte per position). q [batch, beams, heads, dim] and own_k / own_v [batch, beams,
+// kv_heads, own, dim] through their strides; prefix_k / prefix_v [batch, kv_heads, prefix, dim] and out
+// [batch, beams, heads, dim] contiguous.
+cudaError_t launch_shared_prefix_attention(DType type, const void* q, RowStrides q_strides, const void* prefix_k,
+                                           const void* prefix_v, const bool* prefix_mask, const void* own_k,
+                                           RowStrides own_k_strides, const void* own_v, RowStrides own_v_strides,
+                                           void* out, int64_t batch, int64_t beams, int64_t heads, int64_t kv_heads,
                                            int64_t prefix, int64_t own, int64_t dim, double scale,
                                            cudaStream_t stream);
 

@@ -9,22 +9,15 @@
 #include <cstdlib>
 #include <limits>
 
+#include "cuda/glue.h"
 #include "cuda/token_merge.h"
 #include "token_merge_common.h"
 
 namespace genrec {
 namespace {
 
-cuda::DType dtype_tag(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return cuda::DType::kFloat32;
-    case at::kBFloat16: return cuda::DType::kBFloat16;
-    case at::kDouble: return cuda::DType::kFloat64;
-    default: TORCH_CHECK(false, "token_merge: no CUDA kernel for dtype ", t.scalar_type());
-  }
-}
-
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+using cuda::current_stream;
+using cuda::dtype_tag;
 
 // One scan of the tokens finds the first bad one and each level's span; reading them back costs one sync.
 // It is skipped while a CUDA graph is being captured and when GENREC_UNCHECKED_TOKENS=1 (every level then
@@ -46,7 +39,7 @@ std::vector<LevelRange> check_tokens_cuda(const at::Tensor& tokens, int64_t voca
   auto scan = at::tensor(init, at::kLong).to(tokens.device());
   C10_CUDA_CHECK(cuda::launch_scan_tokens(tokens.const_data_ptr<int64_t>(), rows, levels, vocab, pad_id,
                                           reinterpret_cast<unsigned long long*>(scan.mutable_data_ptr<int64_t>()),
-                                          stream()));
+                                          current_stream()));
   const auto host = scan.cpu();
   const int64_t* h = host.const_data_ptr<int64_t>();
   if (h[0] != kNone) throw_bad_token(h[0], tokens.view(-1)[h[0]].item<int64_t>(), vocab, pad_id, shape);
@@ -63,13 +56,14 @@ void table_sum_cuda(const at::Tensor& table, const at::Tensor& level_info, const
   C10_CUDA_CHECK(cuda::launch_table_sum(dtype_tag(out), table.const_data_ptr(), level_info.const_data_ptr<int64_t>(),
                                         tokens.const_data_ptr<int64_t>(),
                                         bias.has_value() ? bias->const_data_ptr() : nullptr, pad_id, tokens.size(0),
-                                        tokens.size(1), table.size(1), out.mutable_data_ptr(), stream()));
+                                        tokens.size(1), table.size(1), out.mutable_data_ptr(), current_stream()));
 }
 
 void gather_concat_cuda(const at::Tensor& embedding, const at::Tensor& tokens, int64_t pad_id, at::Tensor& x) {
   C10_CUDA_CHECK(cuda::launch_gather_concat(dtype_tag(embedding), embedding.const_data_ptr(), dtype_tag(x),
                                             tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
-                                            embedding.size(0), embedding.size(1), x.mutable_data_ptr(), stream()));
+                                            embedding.size(0), embedding.size(1), x.mutable_data_ptr(),
+                                            current_stream()));
 }
 
 void scatter_levels_cuda(const at::Tensor& grad_out, const at::Tensor& tokens, const at::Tensor& level_info,
@@ -77,7 +71,7 @@ void scatter_levels_cuda(const at::Tensor& grad_out, const at::Tensor& tokens, c
   C10_CUDA_CHECK(cuda::launch_scatter_levels(dtype_tag(grad_out), grad_out.const_data_ptr(),
                                              tokens.const_data_ptr<int64_t>(), level_info.const_data_ptr<int64_t>(),
                                              pad_id, tokens.size(0), tokens.size(1), grads.size(1),
-                                             grads.mutable_data_ptr(), stream()));
+                                             grads.mutable_data_ptr(), current_stream()));
 }
 
 void scatter_concat_cuda(const at::Tensor& grad_x, const at::Tensor& tokens, int64_t pad_id,
@@ -85,7 +79,7 @@ void scatter_concat_cuda(const at::Tensor& grad_x, const at::Tensor& tokens, int
   C10_CUDA_CHECK(cuda::launch_scatter_concat(dtype_tag(grad_x), grad_x.const_data_ptr(),
                                              tokens.const_data_ptr<int64_t>(), pad_id, tokens.size(0), tokens.size(1),
                                              grad_embedding.size(0), grad_embedding.size(1),
-                                             grad_embedding.mutable_data_ptr(), stream()));
+                                             grad_embedding.mutable_data_ptr(), current_stream()));
 }
 
 const TokenMergeKernels kCudaKernels{

@@ -97,7 +97,7 @@ class SharedPrefixDecoder:
         self.steps = steps
         self.prefix: list[tuple[Tensor, Tensor]] = []  # per layer, the prompt's keys/values [B, Hkv, P, D]
         self.prompt_mask: Tensor | None = None  # [B, P] bool, false in the left padding
-        self.step_rotary: tuple[Tensor, Tensor] | None = None  # cos / sin [B, steps, D] of the decode positions
+        self.step_rotary: tuple[Tensor, Tensor] | None = None  # cos / sin [steps, B, D] of the decode positions
         # Every layer's decoded keys and values in one buffer, [layers, 2, B, W, Hkv, steps, D], filled up to
         # `length`: a step writes one slot per layer, and a reorder is one gather for all layers.
         self.own: Tensor | None = None
@@ -114,7 +114,8 @@ class SharedPrefixDecoder:
         # module (whatever its rope scaling).
         ahead = positions[:, -1:] + torch.arange(1, self.steps + 1, device=positions.device)
         cos, sin = self.model.rotary_emb(embeds, torch.cat([positions, ahead], 1))  # [B, P + steps, D]
-        self.step_rotary = (cos[:, plen:], sin[:, plen:])
+        # Step t reads rows [t]: laid out [steps, B, D] so that they are dense (layer_qkv would copy them per layer).
+        self.step_rotary = (cos[:, plen:].transpose(0, 1).contiguous(), sin[:, plen:].transpose(0, 1).contiguous())
         cos, sin = cos[:, :plen].reshape(-1, hd), sin[:, :plen].reshape(-1, hd)
         # Causal over real keys; a padding query also sees itself, so that no row is fully masked (NaN).
         j = torch.arange(plen, device=embeds.device)
@@ -159,7 +160,7 @@ class SharedPrefixDecoder:
         t, heads, kv_heads, hd = self.length, self.heads, self.kv_heads, self.head_dim
         if self.own is None:
             self.own = embeds.new_empty(len(self.weights), 2, bsz, beams, kv_heads, self.steps, hd)
-        cos, sin = self.step_rotary[0][:, t], self.step_rotary[1][:, t]  # [B, D]: shared by a query's beams
+        cos, sin = self.step_rotary[0][t], self.step_rotary[1][t]  # [B, D]: shared by a query's beams
         h = embeds.reshape(bsz * beams, hidden)
         for i, w in enumerate(self.weights):
             qkv = layer_qkv(h, w.input_norm, w.eps, w.qkv, w.qkv_bias, cos, sin, heads + kv_heads)

@@ -1,9 +1,13 @@
-// Device helpers the CUDA kernels share: element <-> accumulator conversions (float for float32 / bfloat16 /
-// float16, double for float64), warp reductions, exp in the accumulator's precision.
+// Shared by the CUDA kernel files: element <-> accumulator conversions (float for float32 / bfloat16 /
+// float16, double for float64), warp reductions, exp in the accumulator's precision, and the dispatch from a
+// launcher's DType tag to those types.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "common.h"
 
 namespace genrec::cuda {
 
@@ -24,6 +28,31 @@ __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+template <typename Element, typename Acc> struct Types {
+  using T = Element;
+  using A = Acc;
+};
+
+// Calls f(Types<T, A>{}) for the element type T of `type` and its accumulator A.
+template <typename F> cudaError_t dispatch(DType type, F&& f) {
+  switch (type) {
+    case DType::kFloat32:
+      return f(Types<float, float>{});
+    case DType::kBFloat16:
+      return f(Types<__nv_bfloat16, float>{});
+    case DType::kFloat16:
+      return f(Types<__half, float>{});
+    case DType::kFloat64:
+      return f(Types<double, double>{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace genrec::cuda
