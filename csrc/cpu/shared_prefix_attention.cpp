@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <vector>
 
 #include "cpu/vec16.h"
@@ -108,8 +109,11 @@ inline __attribute__((always_inline)) void attend_block(const float* queries, co
       for (int64_t d = 0; d < dim; d += kLanes) s += load(queries + r * vs + d) * load(k + d);
       w[visible + t] = cpu::hsum(s);
     }
-    const int64_t n = visible + own;  // softmax weights in place (vec_math), and 1 / their sum
-    inv[r] = 1.0f / cpu::sum_exp_shifted(w, n, cpu::row_max(w, n), w);
+    // Softmax weights in place, and 1 / their sum, over whole blocks: the padding past the last score is -inf,
+    // whose weights (< 1.2e-38 after the clamp in exp) are never read.
+    const int64_t n = visible + own, padded = round_up(n);
+    std::fill(w + n, w + padded, -std::numeric_limits<float>::infinity());
+    inv[r] = 1.0f / cpu::block_sum_exp(w, padded, cpu::block_max(w, padded), w);
   }
   for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
     Vec acc[R];

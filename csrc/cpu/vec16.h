@@ -3,7 +3,9 @@
 // so each clone gets its own code). Header-only and always inlined for that reason.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 namespace genrec::cpu {
 
@@ -65,6 +67,47 @@ inline __attribute__((always_inline)) Vec exp_nonpositive(Vec x) {
   p = p * x * x + x + 1.0f;
   const VecI scale_bits = (n_int + 127) << 23;
   return p * reinterpret_cast<const Vec&>(scale_bits);
+}
+
+// The largest of x[0..n) (-inf for n == 0; NaNs are skipped), and sum_j exp(x[j] - shift) for x[j] <= shift
+// (with `out`, also out[j] = exp(x[j] - shift); out may be x). Inlined into a caller's own target_clones
+// function (the attention kernel's rows); cpu::row_max / cpu::sum_exp_shifted (vec_math.h) wrap them.
+inline __attribute__((always_inline)) float block_max(const float* x, int64_t n) {
+  Vec m = splat(-std::numeric_limits<float>::infinity());
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Vec v = load(x + j);
+    m = v > m ? v : m;
+  }
+  float tail = hmax(m);
+  for (; j < n; ++j) tail = x[j] > tail ? x[j] : tail;
+  return tail;
+}
+
+template <bool kStore>
+inline __attribute__((always_inline)) float block_sum_exp(const float* x, int64_t n, float shift, float* out) {
+  Vec sum = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    const Vec e = exp_nonpositive(load(x + j) - shift);
+    if constexpr (kStore) store(out + j, e);
+    sum += e;
+  }
+  if (j < n) {  // the tail as one block padded with -inf, whose lanes are dropped
+    float block[kLanes];
+    std::fill_n(block, kLanes, -std::numeric_limits<float>::infinity());
+    std::copy(x + j, x + n, block);
+    const Vec e = exp_nonpositive(load(block) - shift);
+    for (int64_t i = 0; i < n - j; ++i) {
+      sum[i] += e[i];
+      if constexpr (kStore) out[j + i] = e[i];
+    }
+  }
+  return hsum(sum);
+}
+
+inline __attribute__((always_inline)) float block_sum_exp(const float* x, int64_t n, float shift, float* out) {
+  return out != nullptr ? block_sum_exp<true>(x, n, shift, out) : block_sum_exp<false>(x, n, shift, out);
 }
 
 }  // namespace genrec::cpu
