@@ -16,6 +16,7 @@ from torch import Tensor
 from ..model import GenRecModel
 from ..ops import beam_step
 from ..sid import SIDTable, SIDTrie
+from ..train.batching import SFTBatch
 from .shared_prefix import SharedPrefixDecoder
 
 
@@ -37,6 +38,8 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     """Top-``beam_width`` SIDs for each query's history (``[B, N, L]`` tokens, right-padded, and lengths).
 
     ``table`` maps unconstrained results to items (constrained results come straight from the trie)."""
+    if not constrained and table is None:
+        raise ValueError("unconstrained beam search needs the SID table to map SIDs to items")
     if trie.levels != model.vocab.levels:
         raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels}")
     device = history.device
@@ -64,28 +67,25 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     if constrained:
         items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
     else:
-        if table is None:
-            raise ValueError("unconstrained beam search needs the SID table to map SIDs to items")
         rows = codes.reshape(-1, codes.shape[2]).cpu().numpy()
         found = (table.item(row) if (row >= 0).all() else None for row in rows)
         items = torch.tensor([-1 if i is None else i for i in found], dtype=torch.int64).view(bsz, -1).to(device)
-    items = torch.where(torch.isfinite(scores), items, -1)
     return BeamResult(codes, scores, items)
 
 
 def sequence_log_probs(model: GenRecModel, history: Tensor, history_len: Tensor, sids: Tensor) -> Tensor:
     """Teacher-forced log-probability of given SIDs ``[B, M, L]`` (level-wise softmax, as beam search scores
-    them): the exhaustive check of beam search, and a scorer for candidate items."""
+    them): the exhaustive check of beam search, and a scorer for candidate items. Each (history, SID) pair is
+    laid out as a training sequence whose target is the SID's L tokens."""
     bsz, m, levels = sids.shape
-    embeds, mask, positions = model.prompt_inputs(history.repeat_interleave(m, 0), history_len.repeat_interleave(m, 0))
-    tokens = torch.tensor(model.vocab.offsets, device=sids.device) + sids.reshape(bsz * m, levels)
-    inputs = torch.cat([embeds, model.embed_tokens(tokens[:, :-1])], 1)
-    full_mask = torch.cat([mask, torch.ones(bsz * m, levels - 1, dtype=torch.bool, device=sids.device)], 1)
-    pos = torch.cat([positions, positions[:, -1:] + torch.arange(1, levels, device=sids.device)], 1)
-    out = model.backbone.model(inputs_embeds=inputs, attention_mask=full_mask.long(), position_ids=pos, use_cache=False)
-    hidden = out.last_hidden_state[:, -levels:]
+    flat = sids.reshape(bsz * m, levels)
+    batch = SFTBatch(history.repeat_interleave(m, 0), history_len.repeat_interleave(m, 0), model.vocab.tokens(flat),
+                     torch.full((bsz * m,), levels, device=sids.device))
+    lay = model.layout(batch)
+    # The L positions that predict the SID's tokens (<sep>, y_1, ..., y_{L-1}), in order.
+    hidden = model.hidden_states(lay.inputs_embeds, lay.attention_mask)[lay.label_mask].view(bsz * m, levels, -1)
     total = torch.zeros(bsz * m, device=sids.device)
     for level in range(levels):
         logp = torch.log_softmax(level_logits(model, hidden[:, level], level).float(), -1)
-        total += logp.gather(1, sids.reshape(bsz * m, levels)[:, level : level + 1]).squeeze(1)
+        total += logp.gather(1, flat[:, level : level + 1]).squeeze(1)
     return total.view(bsz, m)

@@ -107,21 +107,27 @@ class GenRecModel(nn.Module):
         b, n, levels = history.shape
         return self.embed_tokens(history.reshape(b, n * levels)), history_len * levels
 
+    def _sequence_embeds(self, items: Tensor, n_items: Tensor, rel: Tensor, target: Tensor | None = None,
+                         target_len: Tensor | None = None) -> Tensor:
+        """Input embeddings at positions ``rel [B, S]`` of each sequence (negative in left padding): <bos>, the
+        ``n_items`` prompt vectors ``items``, <sep>, then the target tokens if given; <pad> elsewhere."""
+        width, hidden = items.shape[1], items.shape[2]
+        prompt_len = n_items[:, None] + 2
+        is_item = (rel >= 1) & (rel <= n_items[:, None])
+        item_part = items.gather(1, (rel - 1).clamp(0, width - 1)[..., None].expand(-1, -1, hidden))
+        rest = PAD
+        if target is not None:
+            is_target = (rel >= prompt_len) & (rel < prompt_len + target_len[:, None])
+            rest = torch.where(is_target, target.gather(1, (rel - prompt_len).clamp(0, target.shape[1] - 1)), PAD)
+        tokens = torch.where(rel == 0, BOS, torch.where(rel == prompt_len - 1, SEP, rest))
+        return torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
+
     def layout(self, batch: SFTBatch) -> Layout:
         items, n_items = self.prompt_items(batch.history, batch.history_len)
-        bsz, width, hidden = items.shape
-        device = items.device
         prompt_len = n_items + 2
-        target_len = batch.target_len
-        seq_len = prompt_len + target_len
-        j = torch.arange(int(seq_len.max()), device=device)[None]  # [1, S]
-        is_item = (j >= 1) & (j <= n_items[:, None])
-        is_target = (j >= prompt_len[:, None]) & (j < seq_len[:, None])
-        item_part = items.gather(1, (j - 1).clamp(0, width - 1).expand(bsz, -1)[..., None].expand(-1, -1, hidden))
-        target_tokens = batch.target.gather(1, (j - prompt_len[:, None]).clamp(0, batch.target.shape[1] - 1))
-        tokens = torch.where(j == 0, BOS, torch.where(j == prompt_len[:, None] - 1, SEP,
-                                                       torch.where(is_target, target_tokens, PAD)))
-        inputs = torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
+        seq_len = prompt_len + batch.target_len
+        j = torch.arange(int(seq_len.max()), device=items.device)[None]  # [1, S]
+        inputs = self._sequence_embeds(items, n_items, j.expand(items.shape[0], -1), batch.target, batch.target_len)
         # Position p predicts the token at p + 1: the <sep> predicts y_1, y_t predicts y_{t+1}.
         label_mask = (j >= prompt_len[:, None] - 1) & (j < seq_len[:, None] - 1)
         labels = batch.target.gather(1, (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1))[label_mask]
@@ -131,18 +137,11 @@ class GenRecModel(nn.Module):
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
         so every prompt ends at the same position and decoding steps append in lockstep."""
         items, n_items = self.prompt_items(history, history_len)
-        bsz, width, _ = items.shape
         prompt_len = n_items + 2
         p = int(prompt_len.max())
-        j = torch.arange(p, device=items.device)[None]
-        start = p - prompt_len[:, None]  # first real position of each prompt
-        rel = j - start  # position inside the prompt, negative in the padding
-        is_item = (rel >= 1) & (rel <= n_items[:, None])
-        item_part = items.gather(1, (rel - 1).clamp(0, width - 1).expand(bsz, -1)[..., None].expand(-1, -1, items.shape[-1]))
-        tokens = torch.where(rel == 0, BOS, torch.where(rel == prompt_len[:, None] - 1, SEP, PAD))
-        inputs = torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
-        mask = rel >= 0
-        return inputs, mask, rel.clamp(min=0)
+        # Position inside the prompt, negative in the padding (each prompt starts at p - prompt_len).
+        rel = torch.arange(p, device=items.device)[None] - (p - prompt_len[:, None])
+        return self._sequence_embeds(items, n_items, rel), rel >= 0, rel.clamp(min=0)
 
     def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._nvtx import nvtx_range
+from ._nvtx import nvtx_range, refuse_grad
 
 _QKV = "genrec::layer_qkv"
 _OUT = "genrec::layer_out"
@@ -35,12 +35,6 @@ def _rms_norm_fake(x, weight, eps):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _refuse_grad(name: str, tensors) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(f"{name} is inference-only (no backward); run it under torch.no_grad(), or use the "
-                           "model's forward for training")
-
-
 def layer_qkv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: Tensor | None, cos: Tensor,
               sin: Tensor, rotated_heads: int) -> Tensor:
     """RMSNorm -> q|k|v projection -> rotary embedding of the query and key heads.
@@ -56,7 +50,7 @@ def layer_qkv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: 
     Returns:
         ``[N, O]``, rotated where asked.
     """
-    _refuse_grad("layer_qkv", (x, norm_weight, weight, bias))
+    refuse_grad("layer_qkv", (x, norm_weight, weight, bias))
     with nvtx_range(_QKV):
         return torch.ops.genrec.layer_qkv(x, norm_weight, eps, weight, bias, cos, sin, rotated_heads)
 
@@ -74,7 +68,7 @@ def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, 
     Returns:
         ``[N, H]``, the layer's output.
     """
-    _refuse_grad("layer_out", (h, attn, o_weight, o_bias, norm_weight, gate_up_weight, down_weight))
+    refuse_grad("layer_out", (h, attn, o_weight, o_bias, norm_weight, gate_up_weight, down_weight))
     with nvtx_range(_OUT):
         return torch.ops.genrec.layer_out(h, attn, o_weight, o_bias, norm_weight, eps, gate_up_weight, down_weight)
 
@@ -82,6 +76,6 @@ def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """transformers' Qwen2RMSNorm over the last dimension of ``x [..., H]`` (a model's final norm), in one
     pass (``F.rms_norm`` is a chain of ATen ops on CPU)."""
-    _refuse_grad("rms_norm", (x, weight))
+    refuse_grad("rms_norm", (x, weight))
     with nvtx_range(_NORM):
         return torch.ops.genrec.rms_norm(x, weight, eps)

@@ -7,6 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of the kernels: float64 for float64, float32 for everything narrower."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def token_merge(
     sid_tokens: Tensor, embedding: Tensor, weight: Tensor, bias: Tensor | None = None, pad_id: int = 0
 ) -> Tensor:
@@ -32,7 +37,7 @@ def rq_assign(
         code = distances.argmin(1)
         codes.append(code)
         residual = residual - codebook[code]
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     codes_t = torch.stack(codes, 1) if codes else torch.empty(x.shape[0], 0, dtype=torch.int64)
     return codes_t, residual.to(x.dtype), residual.pow(2).sum(1).to(acc)
 
@@ -67,7 +72,7 @@ def shared_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefi
                             own_v: Tensor, scale: float) -> Tensor:
     """Each beam's query against [the query's prompt keys (masked); the beam's own keys], softmax, values;
     in float32 (float64 for float64) with broadcasting einsums: the prompt is never copied per beam."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(q.dtype)
     bsz, beams, heads, dim = q.shape
     kv_heads, plen = prefix_k.shape[1], prefix_k.shape[2]
     qg = q.to(acc).reshape(bsz, beams, kv_heads, heads // kv_heads, dim) * scale  # GQA groups per KV head
@@ -82,7 +87,7 @@ def shared_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefi
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """transformers' Qwen2RMSNorm: normalised in float32 (float64 for float64), rounded, then scaled."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     xf = x.to(acc)
     normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     return (weight.to(acc) * normed.to(acc)).to(x.dtype)
@@ -92,7 +97,7 @@ def layer_qkv(x: Tensor, norm_weight: Tensor, eps: float, weight: Tensor, bias: 
               sin: Tensor, rotated_heads: int) -> Tensor:
     """RMSNorm, the q|k|v projection, and rotary embedding (``x cos + rotate_half(x) sin``) of the first
     ``rotated_heads`` heads; runs of N / M rows share a row of ``cos`` / ``sin``."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     y = F.linear(rms_norm(x, norm_weight, eps), weight, bias)
     rows, (positions, dim) = x.shape[0], cos.shape
     heads = y[:, : rotated_heads * dim].reshape(positions, rows // positions, rotated_heads, dim).to(acc)

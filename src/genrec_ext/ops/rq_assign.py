@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._nvtx import nvtx_range
+from .reference import acc_dtype
 
 _OP = "genrec::rq_assign"
 
@@ -21,7 +22,7 @@ _OP = "genrec::rq_assign"
 def _rq_assign_fake(x, codebooks, level_sizes=None):
     torch._check(x.dim() == 2, lambda: f"rq_assign: x must be [N, D], got {tuple(x.shape)}")
     torch._check(codebooks.dim() == 3, lambda: f"rq_assign: codebooks must be [L, K, D], got {tuple(codebooks.shape)}")
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = acc_dtype(x.dtype)
     n, levels = x.shape[0], codebooks.shape[0]
     return x.new_empty((n, levels), dtype=torch.int64), x.new_empty(x.shape), x.new_empty((n,), dtype=acc)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._nvtx import nvtx_range
+from ._nvtx import nvtx_range, refuse_grad
 
 _OP = "genrec::shared_prefix_attention"
 
@@ -37,8 +37,6 @@ def shared_prefix_attention(q: Tensor, prefix_k: Tensor, prefix_v: Tensor, prefi
     Returns:
         ``[B, W, Hq, D]``; query head ``h`` reads key/value head ``h // (Hq // Hkv)`` (GQA).
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, prefix_k, prefix_v, own_k, own_v)):
-        raise RuntimeError("shared_prefix_attention is inference-only (no backward); run it under torch.no_grad(), "
-                           "or use the model's forward for training")
+    refuse_grad("shared_prefix_attention", (q, prefix_k, prefix_v, own_k, own_v))
     with nvtx_range(_OP):
         return torch.ops.genrec.shared_prefix_attention(q, prefix_k, prefix_v, prefix_mask, own_k, own_v, scale)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ class SIDVocab:
 
     level_sizes: tuple[int, ...]
 
-    @property
+    @cached_property  # read at every level of every beam search
     def offsets(self) -> tuple[int, ...]:
         starts = np.cumsum([len(SPECIALS), *self.level_sizes[:-1]])
         return tuple(int(s) for s in starts)
@@ -37,14 +38,15 @@ class SIDVocab:
         codes = torch.as_tensor(sids, dtype=torch.int64)
         if codes.shape[-1] != self.levels:
             raise ValueError(f"SIDs have {codes.shape[-1]} levels, the vocabulary {self.levels}")
-        sizes = torch.tensor(self.level_sizes)
+        sizes = torch.tensor(self.level_sizes, device=codes.device)
         bad = (codes < 0) | (codes >= sizes)
         if bad.any():
             where = tuple(int(i) for i in torch.nonzero(bad)[0])
             raise ValueError(f"SID code {int(codes[where])} at {where} is outside [0, {int(sizes[where[-1]])}) "
                              f"for level {where[-1]}")
-        return codes + torch.tensor(self.offsets)
+        return codes + torch.tensor(self.offsets, device=codes.device)
 
     def codes(self, tokens: Tensor) -> Tensor:
         """Inverse of :meth:`tokens` for ``[..., L]`` token ids."""
-        return torch.as_tensor(tokens, dtype=torch.int64) - torch.tensor(self.offsets)
+        tokens = torch.as_tensor(tokens, dtype=torch.int64)
+        return tokens - torch.tensor(self.offsets, device=tokens.device)
