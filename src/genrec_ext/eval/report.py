@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_file
+
 Results = Mapping[str, Mapping[str, float]] | Mapping[str, float]
 
 
@@ -94,12 +96,6 @@ def _jsonable(results: Results) -> Any:
                      else num(v, f"results[{k!r}]")) for k, v in results.items()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(results: Results, out_dir: str | Path, name: str, **table_kwargs: Any) -> tuple[Path, Path]:
     """Write ``<out_dir>/<name>.md`` (the :func:`format_table` table; ``table_kwargs`` go to it, a flat
     ``results`` is labelled ``name``) and ``<out_dir>/<name>.json`` (``results`` with full precision, NaN as
@@ -113,6 +109,7 @@ def write_report(results: Results, out_dir: str | Path, name: str, **table_kwarg
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / f"{name}.md", out / f"{name}.json"
-    _write_atomic(md, table + "\n")
-    _write_atomic(js, payload + "\n")
+    for path, text in ((md, table), (js, payload)):
+        with atomic_file(path) as f:
+            f.write(text + "\n")
     return md, js

@@ -9,16 +9,16 @@ stored as tensors), so they load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .._io import atomic_file
 
 CHECKPOINT_DIR = "checkpoints"
 FORMAT = "genrec-sft-ckpt/1"
@@ -63,38 +63,12 @@ def remove_stale_temporaries(directory: str | Path) -> int:
     return removed
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary in the target's directory, fsync, then ``os.replace`` onto ``path``.
     If anything fails the temporary is removed and ``path`` (if it existed) is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

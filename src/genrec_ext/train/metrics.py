@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .._io import atomic_file
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -41,12 +42,8 @@ def truncate_metrics(path: str | Path, last_step: int) -> int:
     if not path.exists():
         return 0
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(path) as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return len(kept)
 
 
@@ -170,8 +167,6 @@ def plot_loss_curves(runs: Mapping[str, str | Path] | Iterable[str | Path], out_
     ax.legend()
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out_png)
+    with atomic_file(out_png, "wb") as f:
+        fig.savefig(f, format="png")
     return out_png
