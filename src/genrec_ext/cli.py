@@ -52,7 +52,7 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
 
     from genrec_ext.data import load_splits
     from genrec_ext.model import GenRecModel, ModelConfig, build_model
-    from genrec_ext.sid import SIDTable, SIDVocab
+    from genrec_ext.sid import SIDTable
     from genrec_ext.train import make_sft_dataset
     from genrec_ext.train.sft import SFTConfig, train_sft
 
@@ -60,15 +60,15 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=args.page_size,
                                   progress=not args.quiet)
     dataset = make_sft_dataset(splits.train, catalog, table, args.objective, max_history=args.max_history)
-    vocab = SIDVocab(tuple(table.level_sizes))
+    vocab = dataset.vocab
     if args.init:
         model = GenRecModel.from_pretrained(args.init)
         if model.vocab != vocab:
             raise SystemExit(f"--init {args.init} was trained on SID levels {list(model.vocab.level_sizes)}, but "
                              f"--sids {args.sids} has {list(vocab.level_sizes)}: use a model of this vocabulary")
     else:
-        overrides = {"token_merger": False} if args.no_token_merger else {}
-        model = build_model(ModelConfig.load(args.config, **overrides), vocab, seed=args.seed)
+        model = build_model(ModelConfig.load(args.config), dataset.vocab, seed=args.seed,
+                            token_merger=False if args.no_token_merger else None)
     values = yaml.safe_load(open(args.train_config)) if args.train_config else {}
     flags = {"out_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "global_batch_size": args.batch_size,
              "grad_accum": args.grad_accum, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
@@ -92,19 +92,18 @@ def _cmd_train_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from genrec_ext.data import load_splits
     from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
     from genrec_ext.model import GenRecModel
     from genrec_ext.sid import SIDTable
+    from genrec_ext.train.distributed import resolve_device
 
     table = SIDTable.load(args.sids)
     model = GenRecModel.from_pretrained(args.model)
     if model.vocab.level_sizes != tuple(table.level_sizes):
         raise SystemExit(f"--model {args.model} uses SID levels {list(model.vocab.level_sizes)} but --sids "
                          f"{args.sids} has {table.level_sizes}")
-    model.to(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(resolve_device(args.device or "auto"))
     catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=1, progress=not args.quiet)
     samples = getattr(splits, args.split)
     if args.max_queries:

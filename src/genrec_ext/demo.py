@@ -55,8 +55,9 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     _step("4. Token Merger over real SID histories (fused genrec::token_merge vs reference)")
     vocab = SIDVocab(tuple(table.level_sizes))
     train = splits.train
-    tokens = collate([make_sft_dataset(train, syn.catalog, table)[i] for i in range(min(batch, len(train)))]).history
-    lengths = (tokens != PAD).any(-1).sum(1)
+    page_dataset = make_sft_dataset(train, syn.catalog, table, "page", max_history=50)  # trained on in step 5
+    first = collate([page_dataset[i] for i in range(min(batch, len(train)))])
+    tokens, lengths = first.history, first.history_len
     merger = gnn.TokenMerger(vocab.size, dim, vocab.levels, dim, pad_id=PAD)
     start = time.perf_counter()
     merged = merger(tokens)
@@ -78,14 +79,16 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
 
     _step("5. Page-wise (PW-NTP) vs point-wise (NTP) SFT of a tiny GenRec model")
     runs, models = {}, {}
+    names = {"page": "PW-NTP", "point": "NTP"}
     for objective in ("page", "point"):
-        dataset = make_sft_dataset(train, syn.catalog, table, objective, max_history=50)
+        dataset = page_dataset if objective == "page" else make_sft_dataset(train, syn.catalog, table, objective,
+                                                                            max_history=50)
         model = build_model("tiny", vocab, seed=seed)
         config = SFTConfig(out_dir=str(out / f"sft_{objective}"), max_steps=sft_steps, global_batch_size=32, lr=3e-3,
                            log_every=10, seed=seed, overwrite=True, plot=False)
         result = train_sft(model, dataset, config, progress=progress)
-        models["PW-NTP" if objective == "page" else "NTP"] = model
-        runs[f"{'PW-NTP' if objective == 'page' else 'NTP'} ({len(dataset):,} examples)"] = result.metrics_path
+        models[names[objective]] = model
+        runs[f"{names[objective]} ({len(dataset):,} examples)"] = result.metrics_path
         print(f"{objective}-wise: {len(dataset):,} examples, loss {result.history[0]['loss']:.3f} -> {result.loss:.3f} "
               f"after {result.step} steps; model in {result.model_dir}")
     plot = plot_loss_curves(runs, out / "sft_loss.png", title="SFT loss: page-wise vs point-wise NTP")

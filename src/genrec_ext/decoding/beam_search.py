@@ -40,8 +40,10 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     ``table`` maps unconstrained results to items (constrained results come straight from the trie)."""
     if not constrained and table is None:
         raise ValueError("unconstrained beam search needs the SID table to map SIDs to items")
-    if trie.levels != model.vocab.levels:
-        raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels}")
+    if tuple(trie.level_sizes) != model.vocab.level_sizes:
+        raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels} (level "
+                         f"sizes {list(trie.level_sizes)} vs {list(model.vocab.level_sizes)}): use the SID table the "
+                         "model was trained with")
     device = history.device
     trie = trie.to(device)
     embeds, mask, positions = model.prompt_inputs(history, history_len)

@@ -26,7 +26,17 @@ from .metrics import (
     reward_at_k,
 )
 from .report import format_table, write_report
-from .run import evaluate_model, item_popularity, recommend
+
+_RUN = ("evaluate_model", "item_popularity", "recommend")
+
+
+def __getattr__(name: str):
+    # The model-running half imports the decoder and transformers (seconds); the metrics need only numpy.
+    if name in _RUN:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "evaluate_model", "item_popularity", "recommend",

@@ -74,10 +74,6 @@ class MetricsLogger:
         if tensorboard:
             self._tb = _tensorboard_writer(Path(out_dir) / "tb")
 
-    @property
-    def tensorboard_active(self) -> bool:
-        return self._tb is not None
-
     def log(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return

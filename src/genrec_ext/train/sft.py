@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from . import distributed as D
 from .batching import SFTBatch, collate
-from .metrics import METRICS_FILE, MetricsLogger, plot_loss_curves, truncate_metrics
+from .metrics import METRICS_FILE, MetricsLogger, plot_loss_curves, read_metrics, truncate_metrics
 from .schedule import WarmupCosine, warmup_cosine_scheduler
 
 CONFIG_FILE = "config.json"
@@ -247,12 +247,6 @@ def _vocab_level_sizes(model: nn.Module) -> list[int]:
     if vocab is None:
         raise TypeError(f"{type(model).__name__} has no .vocab (SIDVocab); train_sft needs a GenRec model")
     return [int(k) for k in vocab.level_sizes]
-
-
-def _save_model(model: nn.Module, directory: Path, state_dict: dict | None) -> Path:
-    """``model.save_pretrained(directory)`` (atomic); under FSDP with the gathered full ``state_dict``."""
-    model.save_pretrained(directory, state_dict=state_dict)
-    return directory
 
 
 def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -481,13 +475,11 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
         full_state, _ = D.full_state_dicts(model, None)
     model_dir = plot_path = None
     if info.is_main:
-        model_dir = _save_model(D.unwrap(model), out / MODEL_DIR, full_state)
+        model_dir = D.unwrap(model).save_pretrained(out / MODEL_DIR, state_dict=full_state)  # FSDP: gathered
         if config.plot and (out / METRICS_FILE).exists() and (out / METRICS_FILE).stat().st_size:
             plot_path = plot_loss_curves({out.name or "sft": out / METRICS_FILE}, out / PLOT_FILE,
                                          title=f"SFT training loss ({out.name})")
         if last_loss is None:  # resumed a finished run: report what it logged
-            from .metrics import read_metrics
-
             records = read_metrics(out / METRICS_FILE) if (out / METRICS_FILE).exists() else []
             last_loss = records[-1]["loss"] if records else None
     D.barrier(info)
