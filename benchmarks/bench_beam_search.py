@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, print_row, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, parse_ints, print_row, time_samples, write_table  # noqa: E402
 
 from genrec_ext.decoding import beam_search  # noqa: E402
 from genrec_ext.model import build_model  # noqa: E402
@@ -31,26 +30,13 @@ from genrec_ext.ops import beam_step  # noqa: E402
 from genrec_ext.sid import SIDTrie, SIDVocab  # noqa: E402
 
 
-def latencies(fn, device: str, reps: int) -> list[float]:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def paired_latencies(ours, theirs, device: str, rounds: int, ours_per_round: int) -> tuple[list[float], list[float]]:
     """Latencies of both, measured in alternating rounds, so that a shared or throttled machine slows both
     sides alike and the ratio stays meaningful."""
     ours_ms, theirs_ms = [], []
     for _ in range(rounds):
-        ours_ms += latencies(ours, device, ours_per_round)
-        theirs_ms += latencies(theirs, device, 1)
+        ours_ms += time_samples(ours, device, ours_per_round)
+        theirs_ms += time_samples(theirs, device, 1)
     return ours_ms, theirs_ms
 
 
@@ -79,7 +65,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--items", type=int, default=10_000)
     ap.add_argument("--beam", type=int, default=50)
-    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--batches", type=parse_ints, default=[1, 16, 64])
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--hf-reps", type=int, default=5)
@@ -99,7 +85,7 @@ def main() -> None:
     prefixes = {k: sorted(v) for k, v in prefixes.items()}
     model = build_model(args.preset, vocab).to(device, getattr(torch, args.dtype)).eval()
     rows = []
-    for batch in [int(b) for b in args.batches.split(",")]:
+    for batch in args.batches:
         history = vocab.tokens(torch.from_numpy(sids[rng.integers(0, len(sids), (batch, args.history))])).to(device)
         lengths = torch.full((batch,), args.history, device=device)
         with torch.no_grad():
@@ -111,9 +97,9 @@ def main() -> None:
         logits = torch.randn(batch, width, levels[1], device=device)
         scores = torch.randn(batch, width, device=device)
         dense = trie_device.dense_mask(1)
-        step_ours = latencies(lambda: beam_step(logits, scores, nodes, trie_device.offsets[1], trie_device.codes[1],
-                                                width), device, 50)
-        step_eager = latencies(lambda: eager_step(logits, scores, nodes, dense, width), device, 50)
+        step_ours = time_samples(lambda: beam_step(logits, scores, nodes, trie_device.offsets[1],
+                                                   trie_device.codes[1], width), device, 50)
+        step_eager = time_samples(lambda: eager_step(logits, scores, nodes, dense, width), device, 50)
         row = dict(batch=batch, ours_p50_ms=statistics.median(ours), ours_p99_ms=float(np.percentile(ours, 99)),
                    hf_p50_ms=statistics.median(hf), hf_p99_ms=float(np.percentile(hf, 99)),
                    ours_qps=batch / statistics.median(ours) * 1e3, hf_qps=batch / statistics.median(hf) * 1e3,
@@ -125,8 +111,7 @@ def main() -> None:
     note = (f"{machine_description(device)}, preset {args.preset} in {args.dtype}, W={width}, 3 x 256 codes, {len(sids):,} items, "
             f"{args.history}-item histories. x_hf: HF generate time / ours (end to end, same model); "
             "x_step: eager masked-top-k step / genrec::beam_step (depth 1).")
-    write_table(rows, ["batch", "ours_p50_ms", "ours_p99_ms", "hf_p50_ms", "hf_p99_ms", "ours_qps", "hf_qps", "x_hf",
-                       "step_ours_us", "step_eager_us", "x_step"], "Constrained beam search",
+    write_table(rows, list(rows[0]), "Constrained beam search",
                 args.out / f"beam_search_{device}" if args.preset == "tiny" and args.dtype == "float32"
                 else args.out / f"beam_search_{device}_{args.preset}_{args.dtype}", note)
 

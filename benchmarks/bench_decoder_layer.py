@@ -20,8 +20,9 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding, apply_rotary_pos_emb
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure_interleaved, print_row, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure_interleaved, parse_ints, print_row, write_table  # noqa: E402
 
+from genrec_ext.decoding.shared_prefix import _layer_weights  # noqa: E402
 from genrec_ext.model import ModelConfig  # noqa: E402
 from genrec_ext.ops import layer_out, layer_qkv, reference, rms_norm  # noqa: E402
 
@@ -41,7 +42,7 @@ def hf_layer(preset: str, device: str, dtype: torch.dtype) -> tuple[Qwen2Decoder
 def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--presets", default="tiny,small")
-    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--batches", type=parse_ints, default=[1, 16, 64])
     ap.add_argument("--beams", type=int, default=50)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--budget", type=float, default=1.0, help="seconds of timing per variant (over 5 rounds)")
@@ -54,19 +55,16 @@ def main() -> None:
             attn, mlp = layer.self_attn, layer.mlp
             heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
             hd, hidden, eps = attn.head_dim, attn.config.hidden_size, layer.input_layernorm.variance_epsilon
-            w_qkv = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-            b_qkv = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-            w_gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
-            for batch in (int(b) for b in args.batches.split(",")):
+            w = _layer_weights(layer)  # the fused q|k|v and gate|up weights, exactly as the decoder passes them
+            for batch in args.batches:
                 n = batch * args.beams
                 g = torch.Generator(device=device).manual_seed(0)
                 x = torch.randn(n, hidden, generator=g, device=device).to(dtype)
                 a = torch.randn(n, heads * hd, generator=g, device=device).to(dtype)
                 cos, sin = rotary(x, torch.arange(20, 20 + batch, device=device)[:, None])  # one position per query
                 cos, sin = cos.reshape(batch, hd), sin.reshape(batch, hd)
-                qkv_args = (x, layer.input_layernorm.weight, eps, w_qkv, b_qkv, cos, sin, heads + kv_heads)
-                out_args = (x, a, attn.o_proj.weight, None, layer.post_attention_layernorm.weight, eps, w_gate_up,
-                            mlp.down_proj.weight)
+                qkv_args = (x, w.input_norm, w.eps, w.qkv, w.qkv_bias, cos, sin, heads + kv_heads)
+                out_args = (x, a, w.o, w.o_bias, w.post_norm, w.post_eps, w.gate_up, w.down)
                 beams_cos = cos.repeat_interleave(args.beams, 0)[:, None]  # HF: one row per beam
                 beams_sin = sin.repeat_interleave(args.beams, 0)[:, None]
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, parse_ints, print_row, write_table  # noqa: E402
 
 from genrec_ext.ops import rq_assign  # noqa: E402
 
@@ -49,10 +49,6 @@ def faiss_rq(x: np.ndarray, codebooks: np.ndarray):
 def gemm_roofline(x, codebooks):
     for codebook in codebooks:
         torch.mm(x, codebook.T)
-
-
-def parse_ints(text: str) -> list[int]:
-    return [int(float(v)) for v in text.split(",")]
 
 
 def main() -> None:
@@ -102,7 +98,7 @@ def main() -> None:
                            x_eager=ms["eager"] / ms["ours"] if "eager" in ms else None,
                            gflops=gflop / ms["ours"] * 1e3, of_gemm=ms["gemm"] / ms["ours"], codes_agree=agree)
                 rows.append(row)
-                print({key: (round(v, 3) if isinstance(v, float) else v) for key, v in row.items()}, flush=True)
+                print_row(row)
     note = (f"{machine_description(device)}, float32, L={args.levels}. x_faiss / x_eager: speed-up of "
             "genrec::rq_assign; of_gemm: time of the bare GEMMs (torch.mm, no argmin, no residual) over ours — "
             "the share of the GEMM roofline we reach; codes_agree: share of codes identical to faiss's.")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure, print_row, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, parse_ints, print_row, write_table  # noqa: E402
 
 from genrec_ext.model import build_model  # noqa: E402
 from genrec_ext.sid import SIDVocab  # noqa: E402
@@ -35,7 +35,7 @@ def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--histories", default="20,100,500")
+    ap.add_argument("--histories", type=parse_ints, default=[20, 100, 500])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--page", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0)
@@ -45,7 +45,7 @@ def main() -> None:
     models = {tm: build_model(args.preset, vocab, token_merger=tm).to(args.device) for tm in (True, False)}
     autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     rows = []
-    for history in [int(h) for h in args.histories.split(",")]:
+    for history in args.histories:
         batch = random_batch(vocab, args.batch, history, args.page, gen).to(args.device)
         prompt_only = SFTBatch(batch.history, batch.history_len, batch.target[:, :1], torch.ones_like(batch.target_len))
         result = {"history": history}

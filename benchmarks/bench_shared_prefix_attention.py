@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure, print_row, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure_interleaved, parse_ints, print_row, write_table  # noqa: E402
 
 from genrec_ext.ops import reference, shared_prefix_attention  # noqa: E402
 
@@ -31,8 +31,8 @@ def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--beams", type=int, default=50)
     ap.add_argument("--own", type=int, default=2)
-    ap.add_argument("--batches", default="1,16,64")
-    ap.add_argument("--prompts", default="22,102,302")
+    ap.add_argument("--batches", type=parse_ints, default=[1, 16, 64])
+    ap.add_argument("--prompts", type=parse_ints, default=[22, 102, 302])
     ap.add_argument("--layouts", default="tiny,small,base")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--budget", type=float, default=0.5, help="seconds of timing per variant")
@@ -42,8 +42,8 @@ def main() -> None:
     with torch.no_grad():
         for layout in args.layouts.split(","):
             hq, hkv, d = LAYOUTS[layout]
-            for p in (int(x) for x in args.prompts.split(",")):
-                for b in (int(x) for x in args.batches.split(",")):
+            for p in args.prompts:
+                for b in args.batches:
                     g = torch.Generator(device=device).manual_seed(0)
                     r = lambda *s: torch.randn(*s, generator=g, device=device).to(dtype)  # noqa: E731
                     q, pk, pv = r(b, w, hq, d), r(b, hkv, p, d), r(b, hkv, p, d)
@@ -66,12 +66,11 @@ def main() -> None:
                         return F.scaled_dot_product_attention(q.reshape(b * w, hq, 1, d), k_, v_, attn_mask=attn_mask,
                                                               scale=scale, enable_gqa=True)
 
-                    ours = measure(lambda: shared_prefix_attention(q, pk, pv, mask, ok, ov, scale), device,
-                                   budget_s=args.budget)
-                    ref = measure(lambda: reference.shared_prefix_attention(q, pk, pv, mask, ok, ov, scale), device,
-                                  budget_s=args.budget)
-                    plain = measure(sdpa, device, budget_s=args.budget)
-                    copied = measure(lambda: sdpa(expanded()), device, budget_s=args.budget)
+                    ms = measure_interleaved({
+                        "ours": lambda: shared_prefix_attention(q, pk, pv, mask, ok, ov, scale),
+                        "ref": lambda: reference.shared_prefix_attention(q, pk, pv, mask, ok, ov, scale),
+                        "plain": sdpa, "copied": lambda: sdpa(expanded())}, device, budget_s=args.budget)
+                    ours, ref, plain, copied = ms["ours"], ms["ref"], ms["plain"], ms["copied"]
                     row = dict(layout=f"{layout} {hq}/{hkv}x{d}", prompt=p, batch=b, ours_us=ours * 1e3,
                                reference_us=ref * 1e3, sdpa_us=plain * 1e3, sdpa_copy_us=copied * 1e3,
                                x_reference=ref / ours, x_sdpa=plain / ours, x_sdpa_copy=copied / ours)
@@ -79,8 +78,7 @@ def main() -> None:
                     print_row(row)
     note = (f"{machine_description(device)}, {args.dtype}, W={w} beams, T={t} own tokens; layout = preset "
             "Hq/Hkv x D; half the prompts left-padded by a quarter. x_*: their time / ours (> 1: ours faster).")
-    write_table(rows, ["layout", "prompt", "batch", "ours_us", "reference_us", "sdpa_us", "sdpa_copy_us",
-                       "x_reference", "x_sdpa", "x_sdpa_copy"], "Shared-prefix decode attention",
+    write_table(rows, list(rows[0]), "Shared-prefix decode attention",
                 args.out / f"shared_prefix_attention_{device}", note)
 
 

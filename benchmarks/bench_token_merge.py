@@ -21,17 +21,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure, write_table  # noqa: E402
+from common import benchmark_parser, machine_description, measure, parse_ints, print_row, write_table  # noqa: E402
 
 from genrec_ext.ops import token_merge  # noqa: E402
 
 
 def eager_merge(tokens, embedding, weight, bias):
     return F.linear(torch.cat([embedding[tokens[..., l]] for l in range(tokens.shape[-1])], -1), weight, bias)
-
-
-def parse_ints(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",")]
 
 
 def main() -> None:
@@ -102,7 +98,7 @@ def main() -> None:
                         gemm_over_ours=ms["gemm"] / ms["ours"],
                     )
                     results.append(row)
-                    print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+                    print_row(row)
     columns = ["V", "tokens", "d", "rows", "mode", "ours_ms", "eager_ms", "compile_ms", "gemm_ms",
                "x_eager", "x_compile", "gemm_over_ours"]
     note = (f"{machine_description(device)}, {args.dtype}, L={args.levels}, d_out=d. x_eager / x_compile = "

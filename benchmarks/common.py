@@ -21,20 +21,34 @@ def benchmark_parser(doc: str | None) -> argparse.ArgumentParser:
     return ap
 
 
-def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min_reps: int = 3,
-            warmup: int = 3) -> float:
-    """Median wall time of `fn` in milliseconds (CUDA: synchronised around each call)."""
+def parse_ints(text: str) -> list[int]:
+    """A comma-separated option ("1,16,64"; "1e5" is accepted) as ints: use as argparse ``type=``."""
+    return [int(float(v)) for v in text.split(",")]
+
+
+def time_samples(fn: Callable[[], object], device: str, reps: int, *, warmup: int = 1) -> list[float]:
+    """Wall times of `reps` calls of `fn` in milliseconds, after `warmup` untimed ones (CUDA: synchronised
+    around each call)."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(warmup):
         fn()
     sync()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 200):
+    times = []
+    for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def measure(fn: Callable[[], object], device: str, *, budget_s: float = 1.0, min_reps: int = 3,
+            warmup: int = 3) -> float:
+    """Median wall time of `fn` in milliseconds: at least `min_reps` calls, more within `budget_s` (200 at most)."""
+    times = time_samples(fn, device, 1, warmup=warmup)
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < 200):
+        times += time_samples(fn, device, 1, warmup=0)
     return statistics.median(times)
 
 

@@ -1,4 +1,4 @@
-"""Shared test settings: hypothesis profile, CUDA skip marker."""
+"""Shared test settings: hypothesis profiles, the CUDA skip marker and argument mover."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ settings.register_profile("quick", max_examples=5, deadline=None, derandomize=Tr
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def to_cuda(args: dict) -> dict:
+    """An op's keyword arguments with every tensor moved to the GPU."""
+    return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from genrec_ext.ops import beam_step, reference
 from genrec_ext.sid import SIDTrie
 
-from ..conftest import requires_cuda
+from ..conftest import requires_cuda, to_cuda
 
 OP = torch.ops.genrec.beam_step.default
 
@@ -150,6 +150,6 @@ def test_bad_input_is_named(change, match):
 @requires_cuda
 @given(step_inputs())
 def test_cuda_matches_cpu(args):
-    cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    cuda_args = to_cuda(args)
     got = [t.cpu() for t in beam_step(**cuda_args)]
     assert_same(got, beam_step(**args))

@@ -13,7 +13,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMS
 
 from genrec_ext.ops import layer_out, layer_qkv, reference, rms_norm
 
-from ..conftest import requires_cuda
+from ..conftest import requires_cuda, to_cuda
 
 TOL = {torch.float64: 1e-12, torch.float32: 3e-5, torch.bfloat16: 3e-2, torch.float16: 3e-3}
 EPS = 1e-6
@@ -191,7 +191,7 @@ def test_layer_out_bad_input_is_named(change, match):
 def test_cuda_matches_cpu(dtype, rows, positions):
     for op, ref, args in ((layer_qkv, reference.layer_qkv, qkv_inputs(rows, 96, 7, 1, 64, positions, dtype=dtype)),
                           (layer_out, reference.layer_out, out_inputs(rows, 96, 448, 136, True, dtype=dtype))):
-        on_gpu = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+        on_gpu = to_cuda(args)
         assert_close(op(**on_gpu).cpu(), ref(**args), dtype)
     x, w = torch.randn(rows, 96).to(dtype), torch.randn(96).to(dtype)
     assert_close(rms_norm(x.cuda(), w.cuda(), EPS).cpu(), reference.rms_norm(x, w, EPS), dtype)

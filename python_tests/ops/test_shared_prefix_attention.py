@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from genrec_ext.ops import reference, shared_prefix_attention
 
-from ..conftest import requires_cuda
+from ..conftest import requires_cuda, to_cuda
 
 OP = torch.ops.genrec.shared_prefix_attention.default
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 2e-2, torch.float16: 2e-3}
@@ -132,7 +132,7 @@ def test_bad_input_is_named(change, match):
 def test_cuda_matches_cpu(dtype, dim, prefix):
     args = make_inputs(batch=3, beams=50, heads=8, kv_heads=2, prefix=prefix, own=2, dim=dim, dtype=dtype,
                        pad=(0, prefix // 3, prefix))
-    cuda_args = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    cuda_args = to_cuda(args)
     tol = TOL[dtype]
     torch.testing.assert_close(shared_prefix_attention(**cuda_args).cpu().double(),
                                reference.shared_prefix_attention(**args).double(), rtol=tol, atol=tol)
