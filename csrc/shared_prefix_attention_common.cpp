@@ -41,6 +41,20 @@ SharedPrefixAttentionArgs check_shared_prefix_attention_args(const at::Tensor& q
   return {batch, beams, heads, kv_heads, prefix, own_k.size(3), dim};
 }
 
-at::Tensor dense_last_dim(const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); }
+SharedPrefixAttentionInputs prepare_shared_prefix_attention(const at::Tensor& q, const at::Tensor& prefix_k,
+                                                            const at::Tensor& prefix_v, const at::Tensor& prefix_mask,
+                                                            const at::Tensor& own_k, const at::Tensor& own_v) {
+  const auto sizes = check_shared_prefix_attention_args(q, prefix_k, prefix_v, prefix_mask, own_k, own_v);
+  const auto dense_last_dim = [](const at::Tensor& x) { return x.stride(-1) == 1 ? x : x.contiguous(); };
+  auto q_rows = dense_last_dim(q);
+  return {sizes,
+          q_rows,
+          prefix_k.contiguous(),
+          prefix_v.contiguous(),
+          prefix_mask.contiguous(),
+          dense_last_dim(own_k),
+          dense_last_dim(own_v),
+          at::empty(q_rows.sizes(), q_rows.options())};
+}
 
 }  // namespace genrec

@@ -23,8 +23,17 @@ SharedPrefixAttentionArgs check_shared_prefix_attention_args(const at::Tensor& q
                                                              const at::Tensor& prefix_v, const at::Tensor& prefix_mask,
                                                              const at::Tensor& own_k, const at::Tensor& own_v);
 
-// q and the own keys / values are read through their strides (the decoder passes views of its fused q|k|v
-// projection and of its per-beam buffer); only their last dimension must be dense. x, or a dense copy.
-at::Tensor dense_last_dim(const at::Tensor& x);
+// The op's inputs as both kernels read them, after the checks above: q and the own keys / values through
+// their strides (the decoder passes views of its fused q|k|v projection and of its per-beam buffer; only their
+// last dimension must be dense), the prompt's keys / values and mask contiguous; `out` is a new dense
+// [B, W, Hq, D].
+struct SharedPrefixAttentionInputs {
+  SharedPrefixAttentionArgs sizes;
+  at::Tensor q, prefix_k, prefix_v, prefix_mask, own_k, own_v, out;
+};
+
+SharedPrefixAttentionInputs prepare_shared_prefix_attention(const at::Tensor& q, const at::Tensor& prefix_k,
+                                                            const at::Tensor& prefix_v, const at::Tensor& prefix_mask,
+                                                            const at::Tensor& own_k, const at::Tensor& own_v);
 
 }  // namespace genrec

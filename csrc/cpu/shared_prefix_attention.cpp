@@ -171,15 +171,11 @@ void attend_rows(int64_t rows, const double* queries, const Panel<double>& panel
 at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor& prefix_k_in,
                                        const at::Tensor& prefix_v_in, const at::Tensor& prefix_mask_in,
                                        const at::Tensor& own_k_in, const at::Tensor& own_v_in, double scale) {
-  const auto a =
-      check_shared_prefix_attention_args(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
-  const auto q = dense_last_dim(q_in);
-  const auto own_k = dense_last_dim(own_k_in);
-  const auto own_v = dense_last_dim(own_v_in);
-  const auto prefix_k = prefix_k_in.contiguous();
-  const auto prefix_v = prefix_v_in.contiguous();
-  const auto prefix_mask = prefix_mask_in.contiguous();
-  auto out = at::empty(q.sizes(), q.options());
+  const auto in = prepare_shared_prefix_attention(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
+  const auto& a = in.sizes;
+  const auto &q = in.q, &prefix_k = in.prefix_k, &prefix_v = in.prefix_v, &prefix_mask = in.prefix_mask;
+  const auto &own_k = in.own_k, &own_v = in.own_v;
+  auto out = in.out;
   // Strides read once here: Tensor::stride() in the row loop costs a checked call per use.
   const auto strides = [](const at::Tensor& x) {
     std::array<int64_t, 5> s{};

@@ -20,24 +20,17 @@ cuda::RowStrides row_strides(const at::Tensor& x) {
 at::Tensor shared_prefix_attention_cuda(const at::Tensor& q_in, const at::Tensor& prefix_k_in,
                                         const at::Tensor& prefix_v_in, const at::Tensor& prefix_mask_in,
                                         const at::Tensor& own_k_in, const at::Tensor& own_v_in, double scale) {
-  const auto a =
-      check_shared_prefix_attention_args(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const auto in = prepare_shared_prefix_attention(q_in, prefix_k_in, prefix_v_in, prefix_mask_in, own_k_in, own_v_in);
+  const auto& a = in.sizes;
   TORCH_CHECK(a.dim <= cuda::kSharedPrefixMaxDim, "shared_prefix_attention: head dimension D = ", a.dim,
               " is above the CUDA kernel's ", cuda::kSharedPrefixMaxDim);
-  const c10::cuda::CUDAGuard guard(q_in.device());
-  const auto q = dense_last_dim(q_in);
-  const auto own_k = dense_last_dim(own_k_in);
-  const auto own_v = dense_last_dim(own_v_in);
-  const auto prefix_k = prefix_k_in.contiguous();
-  const auto prefix_v = prefix_v_in.contiguous();
-  const auto prefix_mask = prefix_mask_in.contiguous();
-  auto out = at::empty(q.sizes(), q.options());
   C10_CUDA_CHECK(cuda::launch_shared_prefix_attention(
-      cuda::dtype_tag(q), q.const_data_ptr(), row_strides(q), prefix_k.const_data_ptr(), prefix_v.const_data_ptr(),
-      prefix_mask.const_data_ptr<bool>(), own_k.const_data_ptr(), row_strides(own_k), own_v.const_data_ptr(),
-      row_strides(own_v), out.mutable_data_ptr(), a.batch, a.beams, a.heads, a.kv_heads, a.prefix, a.own, a.dim,
-      scale, cuda::current_stream()));
-  return out;
+      cuda::dtype_tag(in.q), in.q.const_data_ptr(), row_strides(in.q), in.prefix_k.const_data_ptr(),
+      in.prefix_v.const_data_ptr(), in.prefix_mask.const_data_ptr<bool>(), in.own_k.const_data_ptr(),
+      row_strides(in.own_k), in.own_v.const_data_ptr(), row_strides(in.own_v), in.out.mutable_data_ptr(), a.batch,
+      a.beams, a.heads, a.kv_heads, a.prefix, a.own, a.dim, scale, cuda::current_stream()));
+  return in.out;
 }
 
 }  // namespace
