@@ -22,7 +22,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2Rot
 sys.path.insert(0, str(Path(__file__).parent))
 from common import benchmark_parser, machine_description, measure_interleaved, parse_ints, print_row, write_table  # noqa: E402
 
-from genrec_ext.decoding.shared_prefix import _layer_weights  # noqa: E402
+from genrec_ext.decoding.weights import layer_weights  # noqa: E402
 from genrec_ext.model import ModelConfig  # noqa: E402
 from genrec_ext.ops import layer_out, layer_qkv, reference, rms_norm  # noqa: E402
 
@@ -55,7 +55,7 @@ def main() -> None:
             attn, mlp = layer.self_attn, layer.mlp
             heads, kv_heads = attn.config.num_attention_heads, attn.config.num_key_value_heads
             hd, hidden, eps = attn.head_dim, attn.config.hidden_size, layer.input_layernorm.variance_epsilon
-            w = _layer_weights(layer)  # the fused q|k|v and gate|up weights, exactly as the decoder passes them
+            w = layer_weights(layer)  # the fused q|k|v and gate|up weights, exactly as the search passes them
             for batch in args.batches:
                 n = batch * args.beams
                 g = torch.Generator(device=device).manual_seed(0)

@@ -56,4 +56,20 @@ TORCH_LIBRARY(genrec, m) {
   m.def(
       "layer_out(Tensor h, Tensor attn, Tensor o_weight, Tensor? o_bias, Tensor norm_weight, float eps, "
       "Tensor gate_up_weight, Tensor down_weight) -> Tensor");
+  // The whole point-wise beam search of a Qwen2 decoder over SID levels (inference only): the prompts embeds
+  // [B, P, H] (left-padded; prompt_mask [B, P] bool) through every layer once, then per level l the level's
+  // logits (head_weight rows of level l, + head_bias) of every live beam, a beam_step (trie depth l:
+  // child_offsets[l], child_codes[l]) to the best beam_width, and, below the last level, one decode step of the
+  // chosen tokens (sid_embedding rows) against the prompt's keys / values and the beam's own. cos / sin
+  // [B, P + L - 1, D] are the rotary tables of the prompt positions and the L - 1 decode positions. Per layer
+  // layer_weights holds (input norm, q|k|v, o, post-attention norm, gate|up, down) as layer_qkv / layer_out
+  // take them, layer_biases (q|k|v, o), layer_eps (input, post-attention); attention has num_heads query heads
+  // over num_kv_heads, scaled by `scaling`. Returns (scores [B, W] float32 (float64 for float64), codes int64
+  // [B, W, L], final trie nodes int64 [B, W]); slots without a candidate hold -inf / -1.
+  m.def(
+      "beam_search(Tensor embeds, Tensor prompt_mask, Tensor cos, Tensor sin, Tensor[] layer_weights, "
+      "Tensor?[] layer_biases, float[] layer_eps, int num_heads, int num_kv_heads, float scaling, "
+      "Tensor final_norm_weight, float final_eps, Tensor head_weight, Tensor? head_bias, Tensor sid_embedding, "
+      "int[] level_sizes, Tensor[] child_offsets, Tensor[] child_codes, int beam_width, bool constrained) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from genrec_ext.decoding import beam_search, sequence_log_probs
-from genrec_ext.decoding.beam_search import level_logits
-from genrec_ext.decoding.shared_prefix import SharedPrefixDecoder, clear_fused_weights
+from genrec_ext import ops
+from genrec_ext.decoding import beam_search, clear_fused_weights, decoder_weights, search_inputs, sequence_log_probs
 from genrec_ext.model import build_model
-from genrec_ext.ops import beam_step
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
 
 from .conftest import requires_cuda
@@ -87,66 +85,36 @@ def test_bfloat16_search_agrees_with_teacher_forcing(setup):
     torch.testing.assert_close(result.scores, exact, rtol=0, atol=1e-2)  # measured: 2e-3
 
 
-def test_prefill_equals_the_model_forward_and_its_cache(setup):
-    """Our prefill (fused layer ops + SDPA) against transformers' forward: the last hidden state, and every
-    layer's keys and values at the real (unpadded) prompt positions."""
-    model, *_, history, lengths = setup
-    embeds, mask, positions = model.prompt_inputs(history, lengths)
-    with torch.no_grad():
-        decoder = SharedPrefixDecoder(model.backbone.model, steps=2)
-        hidden = decoder.prefill(embeds, mask, positions)
-        out = model.backbone.model(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions,
-                                   use_cache=True)
-    torch.testing.assert_close(hidden, out.last_hidden_state[:, -1], rtol=1e-5, atol=1e-5)
-    cache = getattr(out, "cache", None) or out.past_key_values  # transformers 5.24 / 5.17
-    assert len(decoder.prefix) == len(cache.layers)
-    for (keys, values), layer in zip(decoder.prefix, cache.layers):
-        for ours, theirs in ((keys, layer.keys), (values, layer.values)):
-            assert ours.shape == theirs.shape
-            torch.testing.assert_close(ours.transpose(1, 2)[mask], theirs.transpose(1, 2)[mask], rtol=1e-5, atol=1e-5)
-
-
-def test_decoder_refuses_misuse(setup):
-    model, *_, history, lengths = setup
-    decoder = SharedPrefixDecoder(model.backbone.model, steps=1)
-    h = torch.zeros(1, 2, model.config.hidden_size)
-    with pytest.raises(RuntimeError, match="before prefill"):
-        decoder.step(h)
-    with torch.no_grad():
-        decoder.prefill(*model.prompt_inputs(history[:1], lengths[:1]))
-        decoder.step(h)
-        with pytest.raises(RuntimeError, match="made for 1 steps"):
-            decoder.step(h)
+def test_decoder_weights_refuse_unsupported_models(setup):
+    model, *_ = setup
     gelu = copy.deepcopy(model.backbone.model)
     gelu.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="implements SwiGLU .* uses 'gelu'"):
-        SharedPrefixDecoder(gelu, steps=1)
+        decoder_weights(gelu)
     sliding = copy.deepcopy(model.backbone.model)
     sliding.config.use_sliding_window = True
     with pytest.raises(ValueError, match="sliding-window"):
-        SharedPrefixDecoder(sliding, steps=1)
+        decoder_weights(sliding)
 
 
 def test_fused_weight_cache_follows_the_weights(setup):
-    model, *_, history, lengths = setup
+    model, _, trie, _, history, lengths = setup
     model = copy.deepcopy(model)
-    embeds, mask, positions = model.prompt_inputs(history, lengths)
     layer = model.backbone.model.layers[0]
 
-    def prefill():
-        with torch.no_grad():
-            return SharedPrefixDecoder(model.backbone.model, steps=1).prefill(embeds, mask.long(), positions)
+    def scores():
+        return beam_search(model, history, lengths, trie, beam_width=4).scores
 
-    before = prefill()  # a 0/1 integer mask, as transformers takes it, works too
+    before = scores()
     with torch.no_grad():
         layer.mlp.up_proj.weight.mul_(2)  # seen: the version counter moves
-    changed = prefill()
+    changed = scores()
     assert not torch.allclose(before, changed)
     with torch.no_grad():
         layer.mlp.up_proj.weight.data.mul_(0.5)  # through .data: invisible until the cache is cleared
-    assert torch.equal(prefill(), changed)
+    assert torch.equal(scores(), changed)
     clear_fused_weights()
-    torch.testing.assert_close(prefill(), before)
+    torch.testing.assert_close(scores(), before)
 
 
 def test_trie_must_match_the_vocabulary(setup):
@@ -157,36 +125,28 @@ def test_trie_must_match_the_vocabulary(setup):
 
 
 @requires_cuda
-def test_a_decode_step_and_beam_step_replay_from_a_cuda_graph(setup):
-    """No host sync in a decode step: it and the beam step capture in a CUDA graph and replay to the eager
-    results (GPU serving replays one graph per step shape)."""
+def test_a_whole_search_replays_from_a_cuda_graph(setup):
+    """No host sync anywhere in a search: genrec::beam_search captures in a CUDA graph and replays to the eager
+    results (GPU serving replays one graph per batch shape)."""
     model, sids, trie, _, history, lengths = setup
     model, trie = copy.deepcopy(model).cuda(), trie.to("cuda")
     history, lengths = history.cuda(), lengths.cuda()
     with torch.no_grad():
-        embeds, mask, positions = model.prompt_inputs(history, lengths)
-        decoder = SharedPrefixDecoder(model.backbone.model, steps=1)
-        decoder.prefill(embeds, mask, positions)
-        tokens = model.embed_tokens(torch.full((3, 4), 5, device="cuda"))
-        scores, nodes = torch.zeros(3, 4, device="cuda"), torch.zeros(3, 4, dtype=torch.long, device="cuda")
+        inputs = search_inputs(model, history, lengths)
 
-        def step():
-            decoder.length = 0  # replay the same (first) step
-            hidden = decoder.step(tokens)
-            logits = level_logits(model, hidden.reshape(12, -1), 1).view(3, 4, -1)
-            return hidden, beam_step(logits, scores, nodes, trie.offsets[1], trie.codes[1], 4, True)
+        def search():
+            return ops.beam_search(**inputs, child_offsets=trie.offsets, child_codes=trie.codes, beam_width=6)
 
-        eager = step()
+        eager = search()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the capture, as CUDA graphs require
-            step()
+            search()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            captured = step()
+            captured = search()
         graph.replay()
         torch.cuda.synchronize()
-    torch.testing.assert_close(captured[0], eager[0])
-    for got, want in zip(captured[1], eager[1]):
+    for got, want in zip(captured, eager):
         torch.testing.assert_close(got, want)

@@ -1,6 +1,6 @@
-"""Point-wise beam search over SIDs (paper §2.2): prefill the prompt once, then one ``genrec::beam_step`` per
-SID level; the beams of a query share the prompt's KV cache (``SharedPrefixDecoder``), and only the decoded
-tokens' keys and values are reordered by parent beam.
+"""Point-wise beam search over SIDs (paper §2.2), as one ``genrec::beam_search`` call: prefill the prompt
+once, then per SID level one ``genrec::beam_step``; the beams of a query share the prompt's keys and values,
+and only the decoded tokens' keys and values are per beam (reordered by parent beam).
 
 * constrained: each step keeps only codes that continue a valid SID (the trie), so every result is an item;
 * unconstrained: any code of the level's block, to measure how often the model hallucinates SIDs (HaR).
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..model import GenRecModel
-from ..ops import beam_step
 from ..sid import SIDTable, SIDTrie
 from ..train.batching import SFTBatch
-from .shared_prefix import SharedPrefixDecoder
+from .weights import decoder_weights
 
 
 @dataclass
@@ -32,6 +32,28 @@ def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
     return model.token_logits(hidden, model.vocab.offsets[level], model.vocab.level_sizes[level])
 
 
+def search_inputs(model: GenRecModel, history: Tensor, history_len: Tensor) -> dict:
+    """``genrec::beam_search``'s model-side arguments for these histories (``[B, N, L]`` tokens, right-padded,
+    and lengths): the left-padded prompts, the rotary tables of the prompt and decode positions, the fused
+    layer weights, and the LM-head / embedding rows of the SID tokens."""
+    embeds, mask, positions = model.prompt_inputs(history, history_len)
+    backbone = model.backbone.model
+    weights = decoder_weights(backbone)
+    # The rotary tables of the prompt and of every decode step, from the backbone's own rotary module
+    # (whatever its rope scaling).
+    ahead = positions[:, -1:] + torch.arange(1, model.vocab.levels, device=positions.device)
+    cos, sin = backbone.rotary_emb(embeds, torch.cat([positions, ahead], 1))
+    lo = model.token_offset + model.vocab.offsets[0]
+    rows = slice(lo, lo + sum(model.vocab.level_sizes))
+    head = model.backbone.get_output_embeddings()
+    return dict(embeds=embeds, prompt_mask=mask, cos=cos, sin=sin, layer_weights=weights.layer_weights,
+                layer_biases=weights.layer_biases, layer_eps=weights.layer_eps, num_heads=weights.num_heads,
+                num_kv_heads=weights.num_kv_heads, scaling=weights.scaling, final_norm_weight=weights.final_norm,
+                final_eps=weights.final_eps, head_weight=head.weight[rows],
+                head_bias=None if head.bias is None else head.bias[rows],
+                sid_embedding=model.backbone.get_input_embeddings().weight[rows], level_sizes=model.vocab.level_sizes)
+
+
 @torch.no_grad()
 def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: SIDTrie, *, beam_width: int = 50,
                 constrained: bool = True, table: SIDTable | None = None) -> BeamResult:
@@ -44,34 +66,16 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
         raise ValueError(f"the trie has {trie.levels} levels but the model's vocabulary {model.vocab.levels} (level "
                          f"sizes {list(trie.level_sizes)} vs {list(model.vocab.level_sizes)}): use the SID table the "
                          "model was trained with")
-    device = history.device
-    trie = trie.to(device)
-    embeds, mask, positions = model.prompt_inputs(history, history_len)
-    decoder = SharedPrefixDecoder(model.backbone.model, steps=model.vocab.levels - 1)
-    hidden = decoder.prefill(embeds, mask, positions)  # once per query
-    bsz = history.shape[0]
-    scores = torch.zeros(bsz, 1, dtype=torch.float32, device=device)
-    nodes = torch.zeros(bsz, 1, dtype=torch.int64, device=device)
-    codes = torch.zeros(bsz, 1, 0, dtype=torch.int64, device=device)
-    for level in range(model.vocab.levels):
-        beams_in = scores.shape[1]
-        logits = level_logits(model, hidden, level).float().view(bsz, beams_in, -1)
-        scores, step_codes, parents, nodes = beam_step(logits, scores, nodes, trie.offsets[level], trie.codes[level],
-                                                       beam_width, constrained)
-        safe_parents = parents.clamp(min=0)  # dead slots follow beam 0; their -inf score keeps them dead
-        codes = torch.cat([codes.gather(1, safe_parents[..., None].expand(-1, -1, codes.shape[2])),
-                           step_codes[..., None]], 2)
-        if level + 1 == model.vocab.levels:
-            break
-        decoder.reorder(safe_parents)
-        token = model.vocab.offsets[level] + step_codes.clamp(min=0)  # [B, W]
-        hidden = decoder.step(model.embed_tokens(token)).reshape(-1, embeds.shape[-1])
+    trie = trie.to(history.device)
+    scores, codes, nodes = ops.beam_search(**search_inputs(model, history, history_len), child_offsets=trie.offsets,
+                                           child_codes=trie.codes, beam_width=beam_width, constrained=constrained)
     if constrained:
         items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
     else:
         rows = codes.reshape(-1, codes.shape[2]).cpu().numpy()
         found = (table.item(row) if (row >= 0).all() else None for row in rows)
-        items = torch.tensor([-1 if i is None else i for i in found], dtype=torch.int64).view(bsz, -1).to(device)
+        items = torch.tensor([-1 if i is None else i for i in found], dtype=torch.int64).view(codes.shape[:2])
+        items = items.to(history.device)
     return BeamResult(codes, scores, items)
 
 

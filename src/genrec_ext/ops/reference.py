@@ -112,3 +112,78 @@ def layer_out(h: Tensor, attn: Tensor, o_weight: Tensor, o_bias: Tensor | None, 
     h1 = h + F.linear(attn, o_weight, o_bias)
     gate, up = F.linear(rms_norm(h1, norm_weight, eps), gate_up_weight).chunk(2, -1)
     return h1 + F.linear(F.silu(gate) * up, down_weight)
+
+
+def beam_search(embeds: Tensor, prompt_mask: Tensor, cos: Tensor, sin: Tensor, layer_weights, layer_biases, layer_eps,
+                num_heads: int, num_kv_heads: int, scaling: float, final_norm_weight: Tensor, final_eps: float,
+                head_weight: Tensor, head_bias: Tensor | None, sid_embedding: Tensor, level_sizes, child_offsets,
+                child_codes, beam_width: int, constrained: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """The whole search from the other references: a masked causal softmax over the prompt, then per level the
+    level's logits, ``beam_step``, and a decode step of every beam over [its prompt; its own decoded tokens]
+    (each beam's own keys and values copied from its parent)."""
+    bsz, plen, hidden = embeds.shape
+    dim, levels = cos.shape[-1], len(level_sizes)
+    layers = [(layer_weights[6 * i : 6 * i + 6], layer_biases[2 * i : 2 * i + 2], layer_eps[2 * i : 2 * i + 2])
+              for i in range(len(layer_weights) // 6)]
+    starts = [sum(level_sizes[:level]) for level in range(levels)]
+
+    def logits_of(h, level):
+        rows = slice(starts[level], starts[level] + level_sizes[level])
+        return F.linear(h, head_weight[rows], None if head_bias is None else head_bias[rows])
+
+    def layer(h, rows_cos, rows_sin, attend):
+        """One layer over rows h; ``attend(i, q, k, v)`` -> attention output of layer i's heads."""
+        for i, ((norm, qkv_w, o, post, gate_up, down), (qkv_b, o_b), (eps, post_eps)) in enumerate(layers):
+            qkv = layer_qkv(h, norm, eps, qkv_w, qkv_b, rows_cos, rows_sin, num_heads + num_kv_heads)
+            qkv = qkv.view(h.shape[0], num_heads + 2 * num_kv_heads, dim)
+            out = attend(i, qkv[:, :num_heads], qkv[:, num_heads : num_heads + num_kv_heads],
+                         qkv[:, num_heads + num_kv_heads :])
+            h = layer_out(h, out.reshape(h.shape[0], -1), o, o_b, post, post_eps, gate_up, down)
+        return rms_norm(h, final_norm_weight, final_eps)
+
+    # Prefill: each query's prompt alone, a causal softmax over its real positions (a padding row sees itself).
+    prefix = [[None] * len(layers) for _ in range(bsz)]
+    last = []
+    for b in range(bsz):
+        j = torch.arange(plen)
+        allowed = (j[None] <= j[:, None]) & (prompt_mask[b][None] | torch.eye(plen, dtype=torch.bool))
+
+        def prompt_attention(i, q, k, v, b=b, allowed=allowed):
+            prefix[b][i] = (k, v)
+            group = num_heads // num_kv_heads
+            kk, vv = k.repeat_interleave(group, 1).to(acc_dtype(q.dtype)), v.repeat_interleave(group, 1).to(
+                acc_dtype(q.dtype))
+            s = torch.einsum("phd,qhd->hpq", q.to(kk.dtype), kk) * scaling
+            probs = torch.softmax(s.masked_fill(~allowed[None], float("-inf")), -1)
+            return torch.einsum("hpq,qhd->phd", probs, vv).to(q.dtype)
+
+        last.append(layer(embeds[b], cos[b, :plen], sin[b, :plen], prompt_attention)[-1])
+    logits = logits_of(torch.stack(last), 0)[:, None]
+    scores = torch.zeros(bsz, 1, dtype=acc_dtype(embeds.dtype))
+    nodes = torch.zeros(bsz, 1, dtype=torch.int64)
+    codes = torch.zeros(bsz, 1, 0, dtype=torch.int64)
+    own = [[[[] for _ in layers] for _ in range(1)] for _ in range(bsz)]  # [b][beam][layer] -> [(k, v)] decoded
+    for level in range(levels):
+        scores, step_codes, parents, nodes = beam_step(logits, scores, nodes, child_offsets[level], child_codes[level],
+                                                       beam_width, constrained)
+        parents = parents.clamp(min=0)
+        codes = torch.cat([torch.stack([codes[b, parents[b]] for b in range(bsz)]), step_codes[..., None]], 2)
+        if level + 1 == levels:
+            break
+        own = [[[list(kv) for kv in own[b][int(p)]] for p in parents[b]] for b in range(bsz)]
+        rows = []
+        for b in range(bsz):
+            for w in range(beam_width):
+                def beam_attention(i, q, k, v, b=b, w=w):
+                    own[b][w][i].append((k[0], v[0]))
+                    pk, pv = prefix[b][i]
+                    ok = torch.stack([kv[0] for kv in own[b][w][i]], 1)[None]  # [1, Hkv, T, D]
+                    ov = torch.stack([kv[1] for kv in own[b][w][i]], 1)[None]
+                    return shared_prefix_attention(q[None], pk.transpose(0, 1)[None], pv.transpose(0, 1)[None],
+                                                   prompt_mask[b : b + 1], ok[:, None], ov[:, None], scaling)[0]
+
+                token = sid_embedding[starts[level] + int(step_codes[b, w].clamp(min=0))][None]
+                position = slice(plen + level, plen + level + 1)
+                rows.append(layer(token, cos[b, position], sin[b, position], beam_attention))
+        logits = logits_of(torch.cat(rows), level + 1).view(bsz, beam_width, -1)
+    return scores, codes.masked_fill(scores.isneginf()[..., None], -1), nodes

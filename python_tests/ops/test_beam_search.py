@@ -1,0 +1,168 @@
+"""genrec::beam_search: the whole search (prefill, decode steps, beam steps) against the reference built from
+the other ops' references, on random decoders and tries of odd shapes; CUDA against CPU when a GPU is there."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from genrec_ext.ops import beam_search, reference
+from genrec_ext.sid import SIDTrie
+
+from ..conftest import requires_cuda, to_cuda
+
+OP = torch.ops.genrec.beam_search.default
+
+
+def make_inputs(batch=2, prompt=6, hidden=16, heads=4, kv_heads=2, dim=8, inner=24, layers=2, levels=(4, 3, 5),
+                items=30, width=6, bias=True, pad=(0, 3), dtype=torch.float64, seed=0, constrained=True):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    rng = np.random.default_rng(seed)
+    sids = np.unique(np.stack([rng.integers(0, k, items) for k in levels], 1), axis=0)
+    trie = SIDTrie.from_codes(sids, list(levels))
+    mask = torch.ones(batch, prompt, dtype=torch.bool)
+    for b, n in enumerate(pad[:batch]):
+        mask[b, : min(n, prompt - 1)] = False  # left padding; every prompt keeps at least one position
+    steps = len(levels) - 1
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, steps + 1)], 1).double()
+    angles = positions[..., None] * 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = torch.cat([angles, angles], -1)
+    weights, biases, eps = [], [], []
+    for _ in range(layers):
+        qkv_rows = (heads + 2 * kv_heads) * dim
+        weights += [1 + r(hidden, scale=0.1), r(qkv_rows, hidden, scale=hidden**-0.5), r(hidden, heads * dim,
+                    scale=(heads * dim) ** -0.5), 1 + r(hidden, scale=0.1), r(2 * inner, hidden, scale=hidden**-0.5),
+                    r(hidden, inner, scale=inner**-0.5)]
+        biases += [r(qkv_rows, scale=0.1) if bias else None, r(hidden, scale=0.1) if bias else None]
+        eps += [1e-6, 1e-5]
+    tokens = sum(levels)
+    return dict(embeds=r(batch, prompt, hidden), prompt_mask=mask, cos=angles.cos().to(dtype),
+                sin=angles.sin().to(dtype), layer_weights=weights, layer_biases=biases, layer_eps=eps,
+                num_heads=heads, num_kv_heads=kv_heads, scaling=dim**-0.5, final_norm_weight=1 + r(hidden, scale=0.1),
+                final_eps=1e-6, head_weight=r(tokens, hidden, scale=3 * hidden**-0.5),
+                head_bias=r(tokens, scale=0.5) if bias else None, sid_embedding=r(tokens, hidden),
+                level_sizes=list(levels), child_offsets=trie.offsets, child_codes=trie.codes, beam_width=width,
+                constrained=constrained)
+
+
+def assert_matches_reference(args, tol=1e-10):
+    scores, codes, nodes = beam_search(**args)
+    want_scores, want_codes, want_nodes = reference.beam_search(**args)
+    bsz, width = args["embeds"].shape[0], args["beam_width"]
+    assert scores.shape == (bsz, width) and codes.shape == (bsz, width, len(args["level_sizes"]))
+    assert scores.dtype == want_scores.dtype
+    torch.testing.assert_close(scores, want_scores, rtol=tol, atol=tol)
+    live = scores > float("-inf")
+    assert torch.equal(codes[live], want_codes[live])
+    assert torch.equal(nodes, want_nodes)
+    assert (codes[~live] == -1).all() if (~live).any() else True
+    return scores, codes, nodes
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.sampled_from([(1, 1), (2, 1), (4, 2)]), st.integers(1, 3),
+       st.sampled_from([(5,), (4, 3), (4, 3, 5), (2, 7, 3, 2)]), st.integers(1, 12), st.booleans(), st.booleans(),
+       st.integers(0, 2**16))
+def test_matches_the_reference_on_odd_shapes(batch, prompt, heads_kv, layers, levels, width, bias, constrained, seed):
+    heads, kv_heads = heads_kv
+    args = make_inputs(batch, prompt, heads=heads, kv_heads=kv_heads, layers=layers, levels=levels, width=width,
+                       bias=bias, constrained=constrained, pad=(0, prompt // 2, prompt), seed=seed)
+    assert_matches_reference(args)
+
+
+def test_serving_shape_in_float32():
+    """50 beams over 3 x 64 codes of a 2-layer model, float32: the reference's scores within float32 rounding,
+    the same SIDs (checked where the reference's neighbours are not within rounding of each other)."""
+    args = make_inputs(batch=3, prompt=12, hidden=32, heads=4, kv_heads=2, dim=8, inner=64, levels=(64, 64, 64),
+                       items=2000, width=50, dtype=torch.float32, pad=(0, 5, 11))
+    scores, codes, _ = beam_search(**args)
+    want_scores, want_codes, _ = reference.beam_search(**args)
+    torch.testing.assert_close(scores, want_scores, rtol=0, atol=1e-4)
+    gaps = torch.diff(want_scores, dim=1).abs()
+    clear = torch.ones_like(want_scores, dtype=torch.bool)
+    clear[:, 1:] &= gaps > 1e-4
+    clear[:, :-1] &= gaps > 1e-4
+    assert clear.float().mean() > 0.9
+    assert torch.equal(codes[clear], want_codes[clear])
+
+
+def test_fewer_items_than_beams_pads_dead_slots():
+    args = make_inputs(items=5, width=9, levels=(3, 3))
+    scores, codes, nodes = assert_matches_reference(args)
+    live, items = scores > float("-inf"), args["child_codes"][-1].numel()  # the trie's leaves
+    assert 3 <= items < 9 and (live.sum(1) == items).all()  # every item once, then -inf / -1 slots
+    assert (nodes[~live] == -1).all() and (codes[~live] == -1).all()
+    assert (nodes[live] >= 0).all()
+
+
+def test_unconstrained_search_returns_no_trie_nodes():
+    args = make_inputs(items=5, width=9, levels=(3, 3), constrained=False)
+    scores, codes, nodes = assert_matches_reference(args)
+    assert (scores > float("-inf")).all() and (nodes == -1).all()  # 9 of the 3 x 3 SIDs, valid or not
+
+
+def test_single_level_search_is_one_beam_step():
+    args = make_inputs(levels=(7,), width=4)
+    assert_matches_reference(args)
+
+
+def test_bfloat16_agrees_with_a_float64_reference():
+    args = make_inputs(dtype=torch.bfloat16, width=4)
+    scores, codes, _ = beam_search(**args)
+    wide = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
+    wide["layer_weights"] = [w.double() for w in args["layer_weights"]]
+    wide["layer_biases"] = [b.double() for b in args["layer_biases"]]
+    want, want_codes, _ = reference.beam_search(**wide)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores.double(), want, rtol=0, atol=0.1)
+
+
+def test_opcheck_and_compile():
+    args = make_inputs(width=3)
+    torch.library.opcheck(OP, tuple(args.values()))
+    compiled = torch.compile(lambda kw: beam_search(**kw), fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(args), beam_search(**args)):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(embeds=torch.zeros(2, 6)), "embeds must be \\[B, P, H\\]"),
+    (dict(prompt_mask=torch.ones(2, 6)), "prompt_mask must be bool"),
+    (dict(cos=torch.zeros(2, 6, 8, dtype=torch.float64)), "cos must be \\[B, P \\+ L - 1, D\\] = \\[2, 8, D\\]"),
+    (dict(layer_eps=[1e-6]), "layer_eps must hold 2 per layer \\(4\\), got 1"),
+    (dict(num_kv_heads=3), "num_heads = 4 must be a positive multiple of num_kv_heads = 3"),
+    (dict(level_sizes=[4, 3, 6]), "head_weight must be \\[sum\\(level_sizes\\), H\\] = \\[13, 16\\]"),
+    (dict(beam_width=0), "beam_width must be >= 1, got 0"),
+])
+def test_bad_inputs_name_the_argument(change, message):
+    args = make_inputs() | change
+    with pytest.raises(RuntimeError, match=message):
+        beam_search(**args)
+
+
+def test_refuses_inputs_that_want_a_gradient():
+    args = make_inputs()
+    args["embeds"].requires_grad_(True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        beam_search(**args)
+    with torch.no_grad():
+        beam_search(**args)
+
+
+@requires_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    args = make_inputs(batch=3, width=8, dtype=dtype, pad=(0, 2, 5))
+    cpu = beam_search(**args)
+    moved = to_cuda(args)
+    for key in ("layer_weights", "layer_biases", "child_offsets", "child_codes"):
+        moved[key] = [None if t is None else t.cuda() for t in args[key]]
+    gpu = beam_search(**moved)
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=0, atol=tol)
+    assert torch.equal(gpu[1].cpu()[:, :2], cpu[1][:, :2])  # the best beams agree
