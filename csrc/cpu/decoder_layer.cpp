@@ -8,12 +8,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-#include <type_traits>
 #include <vector>
 
+#include "cpu/layer_rows.h"
 #include "cpu/rows.h"
-#include "cpu/vec_math.h"
 #include "decoder_layer_common.h"
 
 namespace genrec {
@@ -29,39 +27,23 @@ void rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps, at
     at::parallel_for(0, rows, cpu::row_grain(width), [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> buffer;
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t* row = cpu::widened(xp + r * width, width, buffer);
-        const acc_t inv = acc_t(1) / std::sqrt(cpu::sum_squares(row, width) / width + static_cast<acc_t>(eps));
-        scalar_t* dst = op + r * width;
-        for (int64_t j = 0; j < width; ++j) {
-          const acc_t normed = static_cast<acc_t>(static_cast<scalar_t>(row[j] * inv));
-          dst[j] = static_cast<scalar_t>(static_cast<acc_t>(wp[j]) * normed);
-        }
+        cpu::rms_norm_row(xp + r * width, wp, static_cast<acc_t>(eps), width, op + r * width, buffer);
       }
     });
   });
 }
 
 void rotary_rows(at::Tensor& y, const at::Tensor& cos, const at::Tensor& sin, int64_t rotated_heads) {
-  const int64_t rows = y.size(0), width = y.size(1), dim = cos.size(1), half = dim / 2;
+  const int64_t rows = y.size(0), width = y.size(1), dim = cos.size(1);
   const int64_t rows_per_position = rows / cos.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, y.scalar_type(), "layer_rotary", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     const scalar_t* cp = cos.const_data_ptr<scalar_t>();
     const scalar_t* sp = sin.const_data_ptr<scalar_t>();
     at::parallel_for(0, rows, cpu::row_grain(rotated_heads * dim), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const scalar_t* c = cp + r / rows_per_position * dim;
-        const scalar_t* s = sp + r / rows_per_position * dim;
-        for (int64_t h = 0; h < rotated_heads; ++h) {
-          scalar_t* lo = yp + r * width + h * dim;
-          scalar_t* hi = lo + half;
-          for (int64_t i = 0; i < half; ++i) {
-            const acc_t a = static_cast<acc_t>(lo[i]), b = static_cast<acc_t>(hi[i]);
-            lo[i] = static_cast<scalar_t>(a * static_cast<acc_t>(c[i]) - b * static_cast<acc_t>(s[i]));
-            hi[i] = static_cast<scalar_t>(b * static_cast<acc_t>(c[half + i]) + a * static_cast<acc_t>(s[half + i]));
-          }
-        }
+        const int64_t position = r / rows_per_position;
+        cpu::rotary_row(yp + r * width, cp + position * dim, sp + position * dim, rotated_heads, dim);
       }
     });
   });
@@ -76,14 +58,7 @@ void silu_mul_rows(const at::Tensor& gate_up, at::Tensor& out) {
     at::parallel_for(0, rows, cpu::row_grain(2 * inner), [&](int64_t r0, int64_t r1) {
       std::vector<acc_t> gate_buffer, up_buffer;
       for (int64_t r = r0; r < r1; ++r) {
-        const acc_t* gate = cpu::widened(gp + r * 2 * inner, inner, gate_buffer);
-        const acc_t* up = cpu::widened(gp + r * 2 * inner + inner, inner, up_buffer);
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          cpu::silu_mul(gate, up, reinterpret_cast<acc_t*>(op + r * inner), inner);  // the same type
-        } else {  // into the gate's buffer, then narrowed
-          cpu::silu_mul(gate, up, gate_buffer.data(), inner);
-          for (int64_t j = 0; j < inner; ++j) op[r * inner + j] = static_cast<scalar_t>(gate_buffer[j]);
-        }
+        cpu::silu_mul_row(gp + r * 2 * inner, inner, op + r * inner, gate_buffer, up_buffer);
       }
     });
   });

@@ -1,6 +1,6 @@
 // CPU kernel of genrec::shared_prefix_attention. Tasks are (query, KV head, block of rows), a row being one
 // (beam, query head). A task copies the query's visible prompt keys once, transposed to [D, P'] in the
-// accumulation type, and its values to [P', D] (a Panel): each row's prompt scores are then summed in
+// accumulation type, and its values to [P', D] (a PromptPanel, cpu/attention_rows.h): each row's prompt scores are then summed in
 // vector registers across keys, its weighted values across D, four rows at a time so that each load of the
 // panel feeds four multiply-adds — all rows of the task reuse the panel, and the prompt is never copied per
 // beam. The beam's own few keys are plain dot products; the softmax is a max / exp pass over the same
@@ -16,40 +16,13 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/attention_rows.h"
 #include "cpu/vec16.h"
 #include "cpu/vec_math.h"
 #include "shared_prefix_attention_common.h"
 
-namespace genrec {
+namespace genrec::cpu {
 namespace {
-
-using cpu::kLanes;
-using cpu::load;
-using cpu::round_up;
-using cpu::store;
-using cpu::Vec;
-
-// Rows attended together: they share every load of the prompt's keys and values (a row alone would issue
-// one load per multiply-add, and the loads, not the arithmetic, would bound it).
-constexpr int64_t kRowsPerPass = 4;
-
-// The prompt's keys / values of one (query, KV head) and the own keys / values of up to kRowsPerPass rows,
-// laid out for attend_rows: keys transposed to [D, key_stride], values [keys, value_stride], own keys /
-// values [row][own][value_stride]; strides are whole vector blocks and the padding is zeros, so a block
-// load never leaves the buffer and padding lanes add exact zeros.
-template <typename acc_t>
-struct Panel {
-  int64_t key_stride, value_stride, own;
-  std::vector<acc_t> keys_t, values, own_keys, own_values;
-  Panel(int64_t prefix, int64_t own_tokens, int64_t dim)
-      : key_stride(round_up(prefix)), value_stride(round_up(dim)), own(own_tokens), keys_t(dim * key_stride),
-        values(prefix * value_stride), own_keys(kRowsPerPass * own * value_stride),
-        own_values(kRowsPerPass * own * value_stride) {}
-  acc_t* own_key(int64_t row, int64_t t) { return own_keys.data() + (row * own + t) * value_stride; }
-  acc_t* own_value(int64_t row, int64_t t) { return own_values.data() + (row * own + t) * value_stride; }
-  const acc_t* own_key(int64_t row, int64_t t) const { return own_keys.data() + (row * own + t) * value_stride; }
-  const acc_t* own_value(int64_t row, int64_t t) const { return own_values.data() + (row * own + t) * value_stride; }
-};
 
 // out[r] = sum_i c[r * c_stride + i] * x[i * stride .. i * stride + kLanes) for i < n and R rows: each block
 // of x is loaded once for all R rows; two accumulators per row (even / odd i), and four for a lone row, so
@@ -91,10 +64,12 @@ inline __attribute__((always_inline)) void weighted_rows(const float* c, int64_t
 // Scores are summed in registers across keys, outputs across dimensions: no horizontal sums in the inner
 // loops, and no store-to-load chain through memory.
 template <int R>
-inline __attribute__((always_inline)) void attend_block(const float* queries, const Panel<float>& panel,
+inline __attribute__((always_inline)) void attend_block(RowBlock<float>& block, const PromptPanel<float>& panel,
                                                         int64_t visible, int64_t dim, float* weights,
-                                                        int64_t weight_stride, float* out) {
-  const int64_t vs = panel.value_stride, own = panel.own;
+                                                        int64_t weight_stride) {
+  const float* queries = block.queries.data();
+  float* out = block.out.data();
+  const int64_t vs = panel.value_stride, own = block.own;
   for (int64_t p0 = 0; p0 < visible; p0 += kLanes) {
     Vec scores[R];
     weighted_rows<R>(queries, vs, panel.keys_t.data() + p0, panel.key_stride, dim, scores);
@@ -105,47 +80,48 @@ inline __attribute__((always_inline)) void attend_block(const float* queries, co
     float* w = weights + r * weight_stride;
     for (int64_t t = 0; t < own; ++t) {  // after the blocks above, whose last may spill past `visible`
       Vec s = {};
-      const float* k = panel.own_key(r, t);
+      const float* k = block.own_key(r, t);
       for (int64_t d = 0; d < dim; d += kLanes) s += load(queries + r * vs + d) * load(k + d);
-      w[visible + t] = cpu::hsum(s);
+      w[visible + t] = hsum(s);
     }
     // Softmax weights in place, and 1 / their sum, over whole blocks: the padding past the last score is -inf,
     // whose weights (< 1.2e-38 after the clamp in exp) are never read.
     const int64_t n = visible + own, padded = round_up(n);
     std::fill(w + n, w + padded, -std::numeric_limits<float>::infinity());
-    inv[r] = 1.0f / cpu::block_sum_exp(w, padded, cpu::block_max(w, padded), w);
+    inv[r] = 1.0f / block_sum_exp(w, padded, block_max(w, padded), w);
   }
   for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
     Vec acc[R];
     weighted_rows<R>(weights, weight_stride, panel.values.data() + j0, vs, visible, acc);
     for (int r = 0; r < R; ++r) {
       for (int64_t t = 0; t < own; ++t) {
-        acc[r] += weights[r * weight_stride + visible + t] * load(panel.own_value(r, t) + j0);
+        acc[r] += weights[r * weight_stride + visible + t] * load(block.own_value(r, t) + j0);
       }
       store(out + r * vs + j0, acc[r] * inv[r]);
     }
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_rows(int64_t rows, const float* queries,
-                                                                            const Panel<float>& panel,
+}  // namespace
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_rows(int64_t rows, RowBlock<float>& block,
+                                                                            const PromptPanel<float>& panel,
                                                                             int64_t visible, int64_t dim,
-                                                                            float* weights, int64_t weight_stride,
-                                                                            float* out) {
+                                                                            float* weights, int64_t weight_stride) {
   switch (rows) {
-    case 1: return attend_block<1>(queries, panel, visible, dim, weights, weight_stride, out);
-    case 2: return attend_block<2>(queries, panel, visible, dim, weights, weight_stride, out);
-    case 3: return attend_block<3>(queries, panel, visible, dim, weights, weight_stride, out);
-    default: return attend_block<4>(queries, panel, visible, dim, weights, weight_stride, out);
+    case 1: return attend_block<1>(block, panel, visible, dim, weights, weight_stride);
+    case 2: return attend_block<2>(block, panel, visible, dim, weights, weight_stride);
+    case 3: return attend_block<3>(block, panel, visible, dim, weights, weight_stride);
+    default: return attend_block<4>(block, panel, visible, dim, weights, weight_stride);
   }
 }
 
 // float64 (exactness checks, not speed): the same maths, scalar, row by row.
-void attend_rows(int64_t rows, const double* queries, const Panel<double>& panel, int64_t visible, int64_t dim,
-                 double* weights, int64_t weight_stride, double* out) {
-  const int64_t vs = panel.value_stride, own = panel.own;
+void attend_rows(int64_t rows, RowBlock<double>& block, const PromptPanel<double>& panel, int64_t visible,
+                 int64_t dim, double* weights, int64_t weight_stride) {
+  const int64_t vs = panel.value_stride, own = block.own;
   for (int64_t r = 0; r < rows; ++r) {
-    const double* query = queries + r * vs;
+    const double* query = block.query(r);
     double* w = weights + r * weight_stride;
     for (int64_t p = 0; p < visible; ++p) {
       double s = 0;
@@ -154,19 +130,24 @@ void attend_rows(int64_t rows, const double* queries, const Panel<double>& panel
     }
     for (int64_t t = 0; t < own; ++t) {
       double s = 0;
-      for (int64_t d = 0; d < dim; ++d) s += query[d] * panel.own_key(r, t)[d];
+      for (int64_t d = 0; d < dim; ++d) s += query[d] * block.own_key(r, t)[d];
       w[visible + t] = s;
     }
     const int64_t n = visible + own;
-    const double inv = 1.0 / cpu::sum_exp_shifted(w, n, cpu::row_max(w, n), w);
+    const double inv = 1.0 / sum_exp_shifted(w, n, row_max(w, n), w);
     for (int64_t j = 0; j < dim; ++j) {
       double s = 0;
       for (int64_t p = 0; p < visible; ++p) s += w[p] * panel.values[p * vs + j];
-      for (int64_t t = 0; t < own; ++t) s += w[visible + t] * panel.own_value(r, t)[j];
-      out[r * vs + j] = s * inv;
+      for (int64_t t = 0; t < own; ++t) s += w[visible + t] * block.own_value(r, t)[j];
+      block.out[r * vs + j] = s * inv;
     }
   }
 }
+
+}  // namespace genrec::cpu
+
+namespace genrec {
+namespace {
 
 at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor& prefix_k_in,
                                        const at::Tensor& prefix_v_in, const at::Tensor& prefix_mask_in,
@@ -185,8 +166,8 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
   const auto qs = strides(q), ks = strides(own_k), vs = strides(own_v);
   const int64_t group = a.heads / a.kv_heads, rows = a.beams * group;  // rows per (query, KV head)
   // Rows per task: enough to amortise the task's copy of the prompt, and enough tasks for every thread.
-  const int64_t block = std::clamp<int64_t>((rows + at::get_num_threads() - 1) / at::get_num_threads(), 8, 64);
-  const int64_t blocks = (rows + block - 1) / block;
+  const int64_t block_rows = std::clamp<int64_t>((rows + at::get_num_threads() - 1) / at::get_num_threads(), 8, 64);
+  const int64_t blocks = (rows + block_rows - 1) / block_rows;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "shared_prefix_attention", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* qp = q.const_data_ptr<scalar_t>();
@@ -199,48 +180,37 @@ at::Tensor shared_prefix_attention_cpu(const at::Tensor& q_in, const at::Tensor&
     const acc_t sc = static_cast<acc_t>(scale);
     const int64_t D = a.dim;
     at::parallel_for(0, a.batch * a.kv_heads * blocks, 1, [&](int64_t t0, int64_t t1) {
-      Panel<acc_t> panel(a.prefix, a.own, D);
-      const int64_t weight_stride = round_up(a.prefix + a.own);
-      std::vector<acc_t> queries(kRowsPerPass * panel.value_stride), weights(kRowsPerPass * weight_stride),
-          results(kRowsPerPass * panel.value_stride);
+      cpu::PromptPanel<acc_t> panel(a.prefix, D);
+      cpu::RowBlock<acc_t> block(a.own, D);
+      const int64_t weight_stride = cpu::round_up(a.prefix + a.own);
+      std::vector<acc_t> weights(cpu::kRowsPerPass * weight_stride);
       int64_t loaded = -1;  // the (query, KV head) whose prompt is in the panel
-      int64_t visible = 0;
       for (int64_t task = t0; task < t1; ++task) {
         const int64_t bk = task / blocks, b = bk / a.kv_heads, kvh = bk % a.kv_heads;
         if (bk != loaded) {  // the visible prompt positions, compacted (padding is skipped, not masked)
-          const scalar_t* pk_h = pk + bk * a.prefix * D;
-          const scalar_t* pv_h = pv + bk * a.prefix * D;
-          visible = 0;
-          for (int64_t p = 0; p < a.prefix; ++p) {
-            if (!mask[b * a.prefix + p]) continue;
-            for (int64_t d = 0; d < D; ++d) {
-              panel.keys_t[d * panel.key_stride + visible] = static_cast<acc_t>(pk_h[p * D + d]);
-              panel.values[visible * panel.value_stride + d] = static_cast<acc_t>(pv_h[p * D + d]);
-            }
-            ++visible;
-          }
+          panel.load(pk + bk * a.prefix * D, pv + bk * a.prefix * D, D, mask + b * a.prefix, a.prefix, D);
           loaded = bk;
         }
-        const int64_t j1 = std::min(rows, (task % blocks + 1) * block);
-        for (int64_t j0 = task % blocks * block; j0 < j1; j0 += kRowsPerPass) {
-          const int64_t n = std::min(kRowsPerPass, j1 - j0);
+        const int64_t j1 = std::min(rows, (task % blocks + 1) * block_rows);
+        for (int64_t j0 = task % blocks * block_rows; j0 < j1; j0 += cpu::kRowsPerPass) {
+          const int64_t n = std::min(cpu::kRowsPerPass, j1 - j0);
           for (int64_t i = 0; i < n; ++i) {  // row j = (beam w, query head h)
             const int64_t j = j0 + i, w = j / group, h = kvh * group + j % group;
             const scalar_t* qh = qp + b * qs[0] + w * qs[1] + h * qs[2];
-            for (int64_t d = 0; d < D; ++d) queries[i * panel.value_stride + d] = static_cast<acc_t>(qh[d]) * sc;
+            for (int64_t d = 0; d < D; ++d) block.query(i)[d] = static_cast<acc_t>(qh[d]) * sc;
             const scalar_t* ok_h = ok + b * ks[0] + w * ks[1] + kvh * ks[2];
             const scalar_t* ov_h = ov + b * vs[0] + w * vs[1] + kvh * vs[2];
             for (int64_t t = 0; t < a.own; ++t) {
               for (int64_t d = 0; d < D; ++d) {
-                panel.own_key(i, t)[d] = static_cast<acc_t>(ok_h[t * ks[3] + d]);
-                panel.own_value(i, t)[d] = static_cast<acc_t>(ov_h[t * vs[3] + d]);
+                block.own_key(i, t)[d] = static_cast<acc_t>(ok_h[t * ks[3] + d]);
+                block.own_value(i, t)[d] = static_cast<acc_t>(ov_h[t * vs[3] + d]);
               }
             }
           }
-          attend_rows(n, queries.data(), panel, visible, D, weights.data(), weight_stride, results.data());
+          cpu::attend_rows(n, block, panel, panel.visible, D, weights.data(), weight_stride);
           for (int64_t i = 0; i < n; ++i) {
             const int64_t j = j0 + i, w = j / group, h = kvh * group + j % group, r = b * a.beams + w;
-            std::copy_n(results.begin() + i * panel.value_stride, D, op + (r * a.heads + h) * D);
+            std::copy_n(block.result(i), D, op + (r * a.heads + h) * D);
           }
         }
       }
