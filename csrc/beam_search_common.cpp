@@ -50,7 +50,9 @@ at::Tensor shared_prefix_attention(const at::Tensor& q, const at::Tensor& prefix
 
 using BeamStepResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-BeamStepResult beam_step(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
+}  // namespace
+
+BeamStepResult beam_step_op(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
                          const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width,
                          bool constrained) {
   static const auto op = genrec_op<BeamStepResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -58,6 +60,8 @@ BeamStepResult beam_step(const at::Tensor& logits, const at::Tensor& scores, con
       "genrec::beam_step");
   return op.call(logits, scores, nodes, child_offsets, child_codes, beam_width, constrained);
 }
+
+namespace {
 
 struct Layer {
   const at::Tensor &input_norm, &qkv, &o, &post_norm, &gate_up, &down;
@@ -77,8 +81,9 @@ std::vector<Layer> unpack_layers(const BeamSearchInputs& in) {
   return layers;
 }
 
-// The checks the stage ops cannot make (they see one layer or one level at a time); errors name the argument.
-void check_inputs(const BeamSearchInputs& in) {
+}  // namespace
+
+void check_beam_search_inputs(const BeamSearchInputs& in) {
   constexpr const char* op = "beam_search";
   const auto& e = in.embeds;
   const auto t = e.scalar_type();
@@ -136,16 +141,13 @@ void check_inputs(const BeamSearchInputs& in) {
   }
 }
 
-// A run of decode rows: beams [w0, w0 + nw) of queries [b0, b0 + nb) (several whole queries, or part of one).
-struct RowTask {
-  int64_t b0, nb, w0, nw;
-};
+// Fewer rows than this per task cost more in task start-up than they save.
+constexpr int64_t kMinRowsPerTask = 16;
 
-// At most `parts` tasks of about equal size: whole queries when there are enough, else slices of each query.
-std::vector<RowTask> split_rows(int64_t batch, int64_t beams, int64_t parts) {
+std::vector<RowTask> split_rows(int64_t batch, int64_t beams, int64_t max_tasks) {
+  const int64_t parts = std::clamp<int64_t>(batch * beams / kMinRowsPerTask, 1, std::max<int64_t>(max_tasks, 1));
   std::vector<RowTask> tasks;
-  if (parts <= 1 || batch >= parts) {
-    parts = std::clamp<int64_t>(parts, 1, batch);
+  if (batch >= parts) {
     for (int64_t p = 0; p < parts; ++p) {
       const int64_t b0 = batch * p / parts, b1 = batch * (p + 1) / parts;
       tasks.push_back({b0, b1 - b0, 0, beams});
@@ -162,13 +164,8 @@ std::vector<RowTask> split_rows(int64_t batch, int64_t beams, int64_t parts) {
   return tasks;
 }
 
-// Fewer rows than this per task cost more in task start-up than they save.
-constexpr int64_t kMinRowsPerTask = 16;
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearchInputs& in, const RowTaskRunner& runner) {
-  check_inputs(in);
+  check_beam_search_inputs(in);
   const auto layers = unpack_layers(in);
   const int64_t batch = in.embeds.size(0), plen = in.embeds.size(1), hidden = in.embeds.size(2);
   const int64_t heads = in.num_heads, kv_heads = in.num_kv_heads, dim = in.cos.size(2);
@@ -228,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearch
   const int64_t steps = levels - 1;
   for (int64_t level = 0;; ++level) {
     auto [step_scores, step_codes, parents, step_nodes] =
-        beam_step(logits, scores, nodes, in.child_offsets[level], in.child_codes[level], width, in.constrained);
+        beam_step_op(logits, scores, nodes, in.child_offsets[level], in.child_codes[level], width, in.constrained);
     scores = step_scores;
     nodes = step_nodes;
     const auto safe_parents = parents.clamp_min(0);  // dead slots follow beam 0; their -inf score keeps them dead
@@ -248,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearch
     const auto cos_t = in.cos.select(1, plen + t).contiguous(), sin_t = in.sin.select(1, plen + t).contiguous();
     const auto head_rows = in.level_sizes[level + 1];
     auto next_logits = at::empty({rows, head_rows}, in.embeds.options());
-    const auto tasks = split_rows(batch, width, std::min(runner.max_tasks, std::max<int64_t>(1, rows / kMinRowsPerTask)));
+    const auto tasks = split_rows(batch, width, runner.max_tasks);
     runner.run(static_cast<int64_t>(tasks.size()), [&](int64_t k) {
       const auto [b0, nb, w0, nw] = tasks[k];
       const int64_t r0 = b0 * width + w0, n = nb * nw;

@@ -16,6 +16,7 @@
 #include <functional>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace genrec {
 
@@ -51,12 +52,34 @@ struct RowTaskRunner {
   void (*run)(int64_t n, const std::function<void(int64_t)>& task);
 };
 
-// -> (scores [B, W] float32 (float64 for float64), codes int64 [B, W, L], final trie nodes int64 [B, W]).
+// The checks the stage ops cannot make (they see one layer or one level at a time); errors name the argument.
+void check_beam_search_inputs(const BeamSearchInputs& in);
+
+// -> (scores [B, W] float32 (float64 for float64), codes int64 [B, W, L], final trie nodes int64 [B, W]), from
+// the stage ops (any device). Checks its inputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearchInputs& in, const RowTaskRunner& runner);
 
-// The op's kernel for a backend whose decode rows run through `runner()` (the schema's arguments, in order).
-// No device guard is needed: every stage op and ATen call guards its own device.
-template <RowTaskRunner (*runner)()>
+// genrec::beam_step through the dispatcher (the device's kernel).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_op(const at::Tensor& logits,
+                                                                        const at::Tensor& scores,
+                                                                        const at::Tensor& nodes,
+                                                                        const at::Tensor& child_offsets,
+                                                                        const at::Tensor& child_codes,
+                                                                        int64_t beam_width, bool constrained);
+
+// A run of decode rows: beams [w0, w0 + nw) of queries [b0, b0 + nb) (several whole queries, or part of one).
+struct RowTask {
+  int64_t b0, nb, w0, nw;
+};
+
+// The row tasks of a decode step over B x W rows for a backend that runs up to `max_tasks` at once: about equal
+// runs of whole queries when there are enough, else slices of each query; never fewer than a few rows each.
+std::vector<RowTask> split_rows(int64_t batch, int64_t beams, int64_t max_tasks);
+
+// The op's kernel (the schema's arguments, in order) for a backend's search. No device guard is needed: every
+// stage op and ATen call guards its own device.
+using BeamSearchFn = std::tuple<at::Tensor, at::Tensor, at::Tensor> (*)(const BeamSearchInputs&);
+template <BeamSearchFn search>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_kernel(
     const at::Tensor& embeds, const at::Tensor& prompt_mask, const at::Tensor& cos, const at::Tensor& sin,
     at::TensorList layer_weights, const c10::List<std::optional<at::Tensor>>& layer_biases,
@@ -64,10 +87,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_kernel(
     const at::Tensor& final_norm_weight, double final_eps, const at::Tensor& head_weight,
     const std::optional<at::Tensor>& head_bias, const at::Tensor& sid_embedding, at::IntArrayRef level_sizes,
     at::TensorList child_offsets, at::TensorList child_codes, int64_t beam_width, bool constrained) {
-  return beam_search_impl({embeds, prompt_mask, cos, sin, layer_weights, layer_biases, layer_eps, num_heads,
-                           num_kv_heads, scaling, final_norm_weight, final_eps, head_weight, head_bias,
-                           sid_embedding, level_sizes, child_offsets, child_codes, beam_width, constrained},
-                          runner());
+  return search({embeds, prompt_mask, cos, sin, layer_weights, layer_biases, layer_eps, num_heads, num_kv_heads,
+                 scaling, final_norm_weight, final_eps, head_weight, head_bias, sid_embedding, level_sizes,
+                 child_offsets, child_codes, beam_width, constrained});
 }
 
 }  // namespace genrec

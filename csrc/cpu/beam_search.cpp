@@ -1,15 +1,343 @@
-// CPU registration of genrec::beam_search: the shared search (beam_search_common.cpp) with a decode step's row
-// tasks spread over ATen's threads. Each task runs its rows through every layer with the stage ops on one
-// thread (their own parallel loops run inline inside a parallel region, and so do their GEMMs), which at
-// serving sizes beats splitting every small GEMM and elementwise stage across the threads one by one.
+// CPU kernel of genrec::beam_search. float32 / float64: one fused pass on raw buffers — no tensor op inside a
+// search but the three beam steps —, BLAS GEMMs called directly, the prompt's keys / values laid out once per
+// (layer, query, KV head) as the attention kernel's panels (cpu/attention_rows.h) and reused by every decode
+// step, and each decode step's rows run as independent tasks on all threads (a beam needs only its query's
+// panels and its own keys / values), every task taking its rows through all layers. Other dtypes (bf16):
+// the shared search over the stage ops (beam_search_common.cpp), its row tasks spread the same way.
+//
+// Why: at serving sizes (one query, 50 beams, a small decoder) a search is ~100 stage calls whose arithmetic
+// takes a few microseconds each; a tensor op's bookkeeping costs about as much as its work, and ATen would
+// split each small GEMM across the threads on its own.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
 #include "beam_search_common.h"
+#include "cpu/attention_rows.h"
+#include "cpu/layer_rows.h"
+
+// The BLAS GEMMs torch's CPU build links (MKL on x86): weak, so that a torch without them still loads this
+// library and takes the stage-op path instead.
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc) __attribute__((weak));
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc) __attribute__((weak));
+}
 
 namespace genrec {
 namespace {
+
+bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// Row-major c[m, n] = beta c + a[m, k] w[n, k]^T (column-major BLAS: c^T = w a^T). Inside a parallel region
+// BLAS runs on the calling thread.
+void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, const float* w, float beta, float* c) {
+  if (m == 0) return;
+  const char t = 'T', nt = 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const float alpha = 1;
+  sgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
+}
+
+void gemm_nt(int64_t m, int64_t n, int64_t k, const double* a, const double* w, double beta, double* c) {
+  if (m == 0) return;
+  const char t = 'T', nt = 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const double alpha = 1;
+  dgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
+}
+
+// rows of c[m, n] = bias (then a GEMM adds onto it), or nothing to do without a bias.
+template <typename T>
+T preset_bias(const T* bias, int64_t m, int64_t n, T* c) {
+  if (bias == nullptr) return T(0);
+  for (int64_t r = 0; r < m; ++r) std::copy_n(bias, n, c + r * n);
+  return T(1);
+}
+
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+  return t.const_data_ptr<T>();
+}
+
+template <typename T>
+const T* ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
+}
+
+// One layer's weights as raw pointers (the tensors are held, contiguous, by FusedSearch::held).
+template <typename T>
+struct LayerPtrs {
+  const T *input_norm, *qkv, *o, *post_norm, *gate_up, *down, *qkv_bias, *o_bias;
+  T eps, post_eps;
+  int64_t inner;
+};
+
+// Per-task scratch for `rows` rows of the layer stages.
+template <typename T>
+struct Scratch {
+  std::vector<T> x, normed, qkv, attn, gate_up, act, weights, widen_a, widen_b;
+  cpu::RowBlock<T> block;
+  Scratch(int64_t rows, int64_t hidden, int64_t qkv_width, int64_t attn_width, int64_t inner, int64_t keys,
+          int64_t own, int64_t dim)
+      : x(rows * hidden), normed(rows * hidden), qkv(rows * qkv_width), attn(rows * attn_width),
+        gate_up(rows * 2 * inner), act(rows * inner), weights(cpu::kRowsPerPass * cpu::round_up(keys + own)),
+        block(own, dim) {}
+};
+
+template <typename T>
+struct FusedSearch {
+  const BeamSearchInputs& in;
+  std::vector<at::Tensor> held;  // contiguous inputs whose pointers are used
+  std::vector<LayerPtrs<T>> layers;
+  int64_t batch, plen, hidden, heads, kv_heads, dim, group, levels, width, n_layers, qkv_width, attn_width, inner;
+  T scale;
+  const T *embeds, *cos, *sin, *final_norm, *head, *head_bias, *sid_embedding;
+  const bool* mask;
+  std::vector<int64_t> level_offset;
+  std::vector<cpu::PromptPanel<T>> panels;  // [layer][query][KV head]
+
+  explicit FusedSearch(const BeamSearchInputs& inputs) : in(inputs) {
+    const auto hold = [&](const at::Tensor& t) -> const at::Tensor& { return held.emplace_back(t.contiguous()); };
+    batch = in.embeds.size(0), plen = in.embeds.size(1), hidden = in.embeds.size(2);
+    heads = in.num_heads, kv_heads = in.num_kv_heads, dim = in.cos.size(2), group = heads / kv_heads;
+    levels = static_cast<int64_t>(in.level_sizes.size()), width = in.beam_width;
+    n_layers = static_cast<int64_t>(in.layer_weights.size()) / kLayerWeights;
+    qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim, inner = 0;
+    scale = static_cast<T>(in.scaling);
+    held.reserve(in.layer_weights.size() + 2 * n_layers + 8);
+    embeds = ptr<T>(hold(in.embeds)), cos = ptr<T>(hold(in.cos)), sin = ptr<T>(hold(in.sin));
+    mask = hold(in.prompt_mask).template const_data_ptr<bool>();
+    final_norm = ptr<T>(hold(in.final_norm_weight)), head = ptr<T>(hold(in.head_weight));
+    head_bias = in.head_bias.has_value() ? ptr<T>(hold(*in.head_bias)) : nullptr;
+    sid_embedding = ptr<T>(hold(in.sid_embedding));
+    for (int64_t i = 0; i < n_layers; ++i) {
+      const auto* w = in.layer_weights.data() + i * kLayerWeights;
+      const auto bias = [&](int64_t j) -> const T* {
+        const auto b = in.layer_biases.get(2 * i + j);
+        return b.has_value() ? ptr<T>(hold(*b)) : nullptr;
+      };
+      layers.push_back({ptr<T>(hold(w[0])), ptr<T>(hold(w[1])), ptr<T>(hold(w[2])), ptr<T>(hold(w[3])),
+                        ptr<T>(hold(w[4])), ptr<T>(hold(w[5])), bias(0), bias(1), static_cast<T>(in.layer_eps[2 * i]),
+                        static_cast<T>(in.layer_eps[2 * i + 1]), w[4].size(0) / 2});
+      inner = std::max(inner, layers.back().inner);
+    }
+    level_offset.assign(levels, 0);
+    for (int64_t l = 1; l < levels; ++l) level_offset[l] = level_offset[l - 1] + in.level_sizes[l - 1];
+    panels.resize(n_layers * batch * kv_heads);
+  }
+
+  cpu::PromptPanel<T>& panel(int64_t layer, int64_t b, int64_t kvh) {
+    return panels[(layer * batch + b) * kv_heads + kvh];
+  }
+
+  // Attention of rows [first, first + count) of s.qkv, all of query b, into s.attn: row r's queries against
+  // the first visible(r) keys of the query's layer panels (-1: a padding position, whose output is never read)
+  // and its `own` decoded keys / values, own_at(r, layer, 0 | 1 for k | v, KV head) + t * D for token t.
+  template <typename Visible, typename OwnAt>
+  void attend(int64_t layer, int64_t b, int64_t first, int64_t count, Scratch<T>& s, int64_t own,
+              const Visible& visible, const OwnAt& own_at) {
+    auto& block = s.block;
+    const int64_t stride = cpu::round_up(plen + own);
+    for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
+      const auto& p = panel(layer, b, kvh);
+      for (int64_t r = first; r < first + count; ++r) {
+        T* out_row = s.attn.data() + r * attn_width + kvh * group * dim;
+        const int64_t v = visible(r);
+        if (v < 0) {
+          std::fill_n(out_row, group * dim, T(0));
+          continue;
+        }
+        // The query heads of one KV head, a pass of up to kRowsPerPass at a time.
+        for (int64_t g0 = 0; g0 < group; g0 += cpu::kRowsPerPass) {
+          const int64_t m = std::min(cpu::kRowsPerPass, group - g0);
+          for (int64_t i = 0; i < m; ++i) {
+            const T* q = s.qkv.data() + r * qkv_width + (kvh * group + g0 + i) * dim;
+            for (int64_t d = 0; d < dim; ++d) block.query(i)[d] = q[d] * scale;
+            for (int64_t t = 0; t < own; ++t) {
+              std::copy_n(own_at(r, layer, 0, kvh) + t * dim, dim, block.own_key(i, t));
+              std::copy_n(own_at(r, layer, 1, kvh) + t * dim, dim, block.own_value(i, t));
+            }
+          }
+          cpu::attend_rows(m, block, p, v, dim, s.weights.data(), stride);
+          for (int64_t i = 0; i < m; ++i) std::copy_n(block.result(i), dim, out_row + (g0 + i) * dim);
+        }
+      }
+    }
+  }
+
+  // Rows x[r0, r1) of s through layer i after its attention (s.attn): x += attn o^T (+ o bias), then x +=
+  // SwiGLU(RMSNorm(x)).
+  void finish_layer(const LayerPtrs<T>& w, int64_t r0, int64_t r1, Scratch<T>& s) {
+    const int64_t n = r1 - r0;
+    T* x = s.x.data() + r0 * hidden;
+    if (w.o_bias != nullptr) {
+      for (int64_t r = 0; r < n; ++r) {
+        for (int64_t j = 0; j < hidden; ++j) x[r * hidden + j] += w.o_bias[j];
+      }
+    }
+    gemm_nt(n, hidden, attn_width, s.attn.data() + r0 * attn_width, w.o, T(1), x);
+    for (int64_t r = 0; r < n; ++r) {
+      cpu::rms_norm_row(x + r * hidden, w.post_norm, w.post_eps, hidden, s.normed.data() + r * hidden, s.widen_a);
+    }
+    gemm_nt(n, 2 * w.inner, hidden, s.normed.data(), w.gate_up, T(0), s.gate_up.data());
+    for (int64_t r = 0; r < n; ++r) {
+      cpu::silu_mul_row(s.gate_up.data() + r * 2 * w.inner, w.inner, s.act.data() + r * w.inner, s.widen_a, s.widen_b);
+    }
+    gemm_nt(n, hidden, w.inner, s.act.data(), w.down, T(1), x);
+  }
+
+  // RMSNorm, the q|k|v GEMM and rotary embedding of rows [0, n) of s.x; row r at rotary row cos_row(r).
+  template <typename CosRow>
+  void project_qkv(const LayerPtrs<T>& w, int64_t n, Scratch<T>& s, CosRow cos_row) {
+    for (int64_t r = 0; r < n; ++r) {
+      cpu::rms_norm_row(s.x.data() + r * hidden, w.input_norm, w.eps, hidden, s.normed.data() + r * hidden, s.widen_a);
+    }
+    const T beta = preset_bias(w.qkv_bias, n, qkv_width, s.qkv.data());
+    gemm_nt(n, qkv_width, hidden, s.normed.data(), w.qkv, beta, s.qkv.data());
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t c = cos_row(r);
+      cpu::rotary_row(s.qkv.data() + r * qkv_width, cos + c * dim, sin + c * dim, heads + kv_heads, dim);
+    }
+  }
+
+  // Final RMSNorm of rows [0, n) of s.x, then their level-`level` logits into out [n, K_level].
+  void logits(int64_t level, int64_t r0, int64_t n, Scratch<T>& s, T* out) {
+    for (int64_t r = 0; r < n; ++r) {
+      cpu::rms_norm_row(s.x.data() + (r0 + r) * hidden, final_norm, static_cast<T>(in.final_eps), hidden,
+                        s.normed.data() + r * hidden, s.widen_a);
+    }
+    const int64_t k = in.level_sizes[level];
+    const T beta = preset_bias(head_bias ? head_bias + level_offset[level] : nullptr, n, k, out);
+    gemm_nt(n, k, hidden, s.normed.data(), head + level_offset[level] * hidden, beta, out);
+  }
+
+  // Every prompt through every layer (queries in parallel); builds the panels; level-0 logits [B, 1, K_0].
+  at::Tensor prefill() {
+    auto out = at::empty({batch, 1, in.level_sizes[0]}, in.embeds.options());
+    T* logits_out = out.mutable_data_ptr<T>();
+    const int64_t rows_cos = plen + levels - 1;  // rotary rows per query
+    at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      Scratch<T> s(plen, hidden, qkv_width, attn_width, inner, plen, 0, dim);
+      std::vector<int64_t> visible(plen);  // real prompt positions up to and including p; -1 for padding
+      for (int64_t b = b0; b < b1; ++b) {
+        const bool* m = mask + b * plen;
+        for (int64_t p = 0, seen = 0; p < plen; ++p) visible[p] = m[p] ? ++seen : -1;
+        std::copy_n(embeds + b * plen * hidden, plen * hidden, s.x.begin());
+        for (int64_t i = 0; i < n_layers; ++i) {
+          const auto& w = layers[i];
+          project_qkv(w, plen, s, [&](int64_t r) { return b * rows_cos + r; });
+          for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
+            auto& p = panel(i, b, kvh) = cpu::PromptPanel<T>(plen, dim);
+            const T* k = s.qkv.data() + (heads + kvh) * dim;
+            p.load(k, k + kv_heads * dim, qkv_width, m, plen, dim);
+          }
+          // The last layer only needs the last position (always real: prompts are left-padded).
+          const int64_t first = i + 1 == n_layers ? plen - 1 : 0;
+          attend(i, b, first, plen - first, s, 0, [&](int64_t r) { return visible[r]; },
+                 [](int64_t, int64_t, int64_t, int64_t) -> const T* { return nullptr; });
+          finish_layer(w, first, plen, s);
+        }
+        logits(0, plen - 1, 1, s, logits_out + b * in.level_sizes[0]);
+      }
+    });
+    return out;
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> run() {
+    const auto acc = in.embeds.options();
+    const auto long_opts = acc.dtype(at::kLong);
+    at::Tensor logits_t = prefill();
+    at::Tensor scores = at::zeros({batch, 1}, acc), nodes = at::zeros({batch, 1}, long_opts);
+    // Each beam's codes so far, [B, W_in, L], and each beam's decoded keys / values, [B W][layer][k|v][KV head]
+    // [step][D]: a beam's whole block is contiguous, so following a parent is one copy.
+    std::vector<int64_t> history(batch * levels), next_history(batch * width * levels);
+    const int64_t steps = levels - 1, own_block = n_layers * 2 * kv_heads * std::max<int64_t>(steps, 1) * dim;
+    std::vector<T> own(steps > 0 ? batch * width * own_block : 0), next_own(own.size());
+    int64_t beams_in = 1;
+    for (int64_t level = 0;; ++level) {
+      auto [step_scores, step_codes, parents_t, step_nodes] =
+          beam_step_op(logits_t.view({batch, beams_in, in.level_sizes[level]}), scores, nodes,
+                       in.child_offsets[level], in.child_codes[level], width, in.constrained);
+      scores = step_scores, nodes = step_nodes;
+      const int64_t* parents = parents_t.const_data_ptr<int64_t>();
+      const int64_t* codes = step_codes.const_data_ptr<int64_t>();
+      for (int64_t r = 0; r < batch * width; ++r) {  // dead slots follow beam 0; their -inf keeps them dead
+        const int64_t from = (r / width * beams_in + std::max<int64_t>(parents[r], 0)) * levels;
+        std::copy_n(history.begin() + from, level, next_history.begin() + r * levels);
+        next_history[r * levels + level] = codes[r];
+      }
+      history.swap(next_history);
+      next_history.resize(batch * width * levels);
+      if (level + 1 == levels) break;
+      logits_t = decode_step(level, parents, codes, own, next_own);
+      own.swap(next_own);
+      beams_in = width;
+    }
+    auto codes = at::empty({batch, width, levels}, long_opts);
+    std::copy(history.begin(), history.end(), codes.mutable_data_ptr<int64_t>());
+    codes.masked_fill_(scores.isneginf().unsqueeze(2), -1);  // a dead slot's earlier codes are its stand-in's
+    return {scores, codes, nodes};
+  }
+
+  // Decode step t: every beam's level-t token (codes, following parents) through every layer at position
+  // P + t, its keys / values written to slot t of next_own after its parent's slots < t; -> logits [B W, K].
+  at::Tensor decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const std::vector<T>& own,
+                         std::vector<T>& next_own) {
+    const int64_t steps = levels - 1, rows = batch * width, k = in.level_sizes[t + 1];
+    const int64_t own_block = n_layers * 2 * kv_heads * steps * dim;
+    auto out = at::empty({rows, k}, in.embeds.options());
+    T* logits_out = out.mutable_data_ptr<T>();
+    const auto tasks = split_rows(batch, width, at::get_num_threads());
+    const int64_t rows_cos = plen + levels - 1;
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t task = k0; task < k1; ++task) {
+        const auto [b0, nb, w0, nw] = tasks[task];
+        const int64_t r0 = b0 * width + w0, n = nb * nw;
+        Scratch<T> s(n, hidden, qkv_width, attn_width, inner, plen, t + 1, dim);
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t r = r0 + i, b = r / width;
+          if (t > 0) {
+            const int64_t parent = b * width + std::max<int64_t>(parents[r], 0);
+            std::copy_n(own.begin() + parent * own_block, own_block, next_own.begin() + r * own_block);
+          }
+          const int64_t token = level_offset[t] + std::max<int64_t>(codes[r], 0);
+          std::copy_n(sid_embedding + token * hidden, hidden, s.x.begin() + i * hidden);
+        }
+        // Row i of the task is beam (b0 + i / nw, w0 + i % nw).
+        const auto own_at = [&](int64_t i, int64_t layer, int64_t kv, int64_t kvh) {
+          return next_own.data() + (r0 + i) * own_block + ((layer * 2 + kv) * kv_heads + kvh) * steps * dim;
+        };
+        for (int64_t layer = 0; layer < n_layers; ++layer) {
+          const auto& w = layers[layer];
+          project_qkv(w, n, s, [&](int64_t i) { return (b0 + i / nw) * rows_cos + plen + t; });
+          for (int64_t i = 0; i < n; ++i) {
+            for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
+              const T* key = s.qkv.data() + i * qkv_width + (heads + kvh) * dim;
+              std::copy_n(key, dim, own_at(i, layer, 0, kvh) + t * dim);
+              std::copy_n(key + kv_heads * dim, dim, own_at(i, layer, 1, kvh) + t * dim);
+            }
+          }
+          for (int64_t q = 0; q < nb; ++q) {  // per query: its rows share its panels
+            const int64_t visible = panel(layer, b0 + q, 0).visible;
+            attend(layer, b0 + q, q * nw, nw, s, t + 1, [&](int64_t) { return visible; }, own_at);
+          }
+          finish_layer(w, 0, n, s);
+        }
+        logits(t + 1, 0, n, s, logits_out + r0 * k);
+      }
+    });
+    return out;
+  }
+};
 
 void run_row_tasks(int64_t n, const std::function<void(int64_t)>& task) {
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
@@ -20,10 +348,18 @@ void run_row_tasks(int64_t n, const std::function<void(int64_t)>& task) {
   });
 }
 
-RowTaskRunner cpu_runner() { return {at::get_num_threads(), &run_row_tasks}; }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cpu(const BeamSearchInputs& in) {
+  const auto t = in.embeds.scalar_type();
+  if (!have_blas() || (t != at::kFloat && t != at::kDouble)) {
+    return beam_search_impl(in, {at::get_num_threads(), &run_row_tasks});
+  }
+  check_beam_search_inputs(in);
+  if (t == at::kFloat) return FusedSearch<float>(in).run();
+  return FusedSearch<double>(in).run();
+}
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genrec, CPU, m) { m.impl("beam_search", &beam_search_kernel<&cpu_runner>); }
+TORCH_LIBRARY_IMPL(genrec, CPU, m) { m.impl("beam_search", &beam_search_kernel<&beam_search_cpu>); }
 
 }  // namespace genrec

@@ -13,10 +13,12 @@ void run_inline(int64_t n, const std::function<void(int64_t)>& task) {
   for (int64_t k = 0; k < n; ++k) task(k);
 }
 
-RowTaskRunner cuda_runner() { return {1, &run_inline}; }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cuda(const BeamSearchInputs& in) {
+  return beam_search_impl(in, {1, &run_inline});
+}
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genrec, CUDA, m) { m.impl("beam_search", &beam_search_kernel<&cuda_runner>); }
+TORCH_LIBRARY_IMPL(genrec, CUDA, m) { m.impl("beam_search", &beam_search_kernel<&beam_search_cuda>); }
 
 }  // namespace genrec
