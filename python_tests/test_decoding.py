@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genrec_ext import ops
-from genrec_ext.decoding import beam_search, clear_fused_weights, decoder_weights, search_inputs, sequence_log_probs
+from genrec_ext.decoding import beam_search, clear_fused_weights, search_inputs, search_weights, sequence_log_probs
 from genrec_ext.model import build_model
 from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
 
@@ -85,16 +85,16 @@ def test_bfloat16_search_agrees_with_teacher_forcing(setup):
     torch.testing.assert_close(result.scores, exact, rtol=0, atol=1e-2)  # measured: 2e-3
 
 
-def test_decoder_weights_refuse_unsupported_models(setup):
+def test_search_weights_refuse_unsupported_models(setup):
     model, *_ = setup
-    gelu = copy.deepcopy(model.backbone.model)
-    gelu.config.hidden_act = "gelu"
+    gelu = copy.deepcopy(model)
+    gelu.backbone.model.config.hidden_act = "gelu"
     with pytest.raises(ValueError, match="implements SwiGLU .* uses 'gelu'"):
-        decoder_weights(gelu)
-    sliding = copy.deepcopy(model.backbone.model)
-    sliding.config.use_sliding_window = True
+        search_weights(gelu)
+    sliding = copy.deepcopy(model)
+    sliding.backbone.model.config.use_sliding_window = True
     with pytest.raises(ValueError, match="sliding-window"):
-        decoder_weights(sliding)
+        search_weights(sliding)
 
 
 def test_fused_weight_cache_follows_the_weights(setup):

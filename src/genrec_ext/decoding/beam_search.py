@@ -17,7 +17,7 @@ from .. import ops
 from ..model import GenRecModel
 from ..sid import SIDTable, SIDTrie
 from ..train.batching import SFTBatch
-from .weights import decoder_weights
+from .weights import search_weights
 
 
 @dataclass
@@ -34,24 +34,15 @@ def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
 
 def search_inputs(model: GenRecModel, history: Tensor, history_len: Tensor) -> dict:
     """``genrec::beam_search``'s model-side arguments for these histories (``[B, N, L]`` tokens, right-padded,
-    and lengths): the left-padded prompts, the rotary tables of the prompt and decode positions, the fused
-    layer weights, and the LM-head / embedding rows of the SID tokens."""
+    and lengths): the left-padded prompts, the rotary tables of the prompt and decode positions, and the
+    model's weights (:func:`search_weights`)."""
     embeds, mask, positions = model.prompt_inputs(history, history_len)
-    backbone = model.backbone.model
-    weights = decoder_weights(backbone)
     # The rotary tables of the prompt and of every decode step, from the backbone's own rotary module
     # (whatever its rope scaling).
     ahead = positions[:, -1:] + torch.arange(1, model.vocab.levels, device=positions.device)
-    cos, sin = backbone.rotary_emb(embeds, torch.cat([positions, ahead], 1))
-    lo = model.token_offset + model.vocab.offsets[0]
-    rows = slice(lo, lo + sum(model.vocab.level_sizes))
-    head = model.backbone.get_output_embeddings()
-    return dict(embeds=embeds, prompt_mask=mask, cos=cos, sin=sin, layer_weights=weights.layer_weights,
-                layer_biases=weights.layer_biases, layer_eps=weights.layer_eps, num_heads=weights.num_heads,
-                num_kv_heads=weights.num_kv_heads, scaling=weights.scaling, final_norm_weight=weights.final_norm,
-                final_eps=weights.final_eps, head_weight=head.weight[rows],
-                head_bias=None if head.bias is None else head.bias[rows],
-                sid_embedding=model.backbone.get_input_embeddings().weight[rows], level_sizes=model.vocab.level_sizes)
+    cos, sin = model.backbone.model.rotary_emb(embeds, torch.cat([positions, ahead], 1))
+    return dict(embeds=embeds, prompt_mask=mask, cos=cos, sin=sin, level_sizes=model.vocab.level_sizes,
+                **search_weights(model).op_arguments)
 
 
 @torch.no_grad()
