@@ -132,7 +132,22 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
                   static_cast<int64_t>(in.child_codes.size()) == levels,
               op, ": the trie must have one child_offsets / child_codes array per level (", levels, "), got ",
               in.child_offsets.size(), " / ", in.child_codes.size());
-  TORCH_CHECK(in.child_offsets[0].dim() == 1 && in.child_offsets[0].size(0) == 2, op,
+  for (int64_t l = 0; l < levels; ++l) {
+    const auto &offsets = in.child_offsets[l], &codes = in.child_codes[l];
+    TORCH_CHECK(offsets.scalar_type() == at::kLong && offsets.dim() == 1 && offsets.size(0) >= 1 &&
+                    codes.scalar_type() == at::kLong && codes.dim() == 1,
+                op, ": child_offsets[", l, "] and child_codes[", l, "] must be 1-D int64 (offsets non-empty), got ",
+                offsets.scalar_type(), " ", offsets.sizes(), " and ", codes.scalar_type(), " ", codes.sizes());
+    TORCH_CHECK(offsets.device() == e.device() && codes.device() == e.device(), op, ": the trie must be on ",
+                e.device(), ", got child_offsets[", l, "] on ", offsets.device(), " and child_codes[", l, "] on ",
+                codes.device());
+    // A depth's children are the next depth's nodes (checked where the search can reach them, constrained).
+    TORCH_CHECK(!in.constrained || l + 1 == levels || in.child_offsets[l + 1].size(0) == codes.size(0) + 1, op,
+                ": the trie's depth ", l, " has ", codes.size(0), " children but depth ", l + 1, " has ",
+                in.child_offsets[l + 1].size(0) - 1, " nodes (child_offsets[", l + 1, "] must have ",
+                codes.size(0) + 1, " entries)");
+  }
+  TORCH_CHECK(in.child_offsets[0].size(0) == 2, op,
               ": the trie's first depth must hold exactly the root (child_offsets[0] of 2 entries), got shape ",
               in.child_offsets[0].sizes());
   TORCH_CHECK(in.beam_width >= 1, op, ": beam_width must be >= 1, got ", in.beam_width);

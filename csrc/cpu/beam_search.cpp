@@ -19,6 +19,7 @@
 
 #include "beam_search_common.h"
 #include "cpu/attention_rows.h"
+#include "cpu/beam_select.h"
 #include "cpu/layer_rows.h"
 
 // The BLAS GEMMs torch's CPU build links (MKL on x86): weak, so that a torch without them still loads this
@@ -103,6 +104,7 @@ struct FusedSearch {
   const T *embeds, *cos, *sin, *final_norm, *head, *head_bias, *sid_embedding;
   const bool* mask;
   std::vector<int64_t> level_offset;
+  std::vector<cpu::TrieDepth> trie;
   std::vector<cpu::PromptPanel<T>> panels;  // [layer][query][KV head]
 
   explicit FusedSearch(const BeamSearchInputs& inputs) : in(inputs) {
@@ -113,7 +115,7 @@ struct FusedSearch {
     n_layers = static_cast<int64_t>(in.layer_weights.size()) / kLayerWeights;
     qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim, inner = 0;
     scale = static_cast<T>(in.scaling);
-    held.reserve(in.layer_weights.size() + 2 * n_layers + 8);
+    held.reserve(in.layer_weights.size() + 2 * n_layers + 2 * levels + 8);
     embeds = ptr<T>(hold(in.embeds)), cos = ptr<T>(hold(in.cos)), sin = ptr<T>(hold(in.sin));
     mask = hold(in.prompt_mask).template const_data_ptr<bool>();
     final_norm = ptr<T>(hold(in.final_norm_weight)), head = ptr<T>(hold(in.head_weight));
@@ -132,6 +134,12 @@ struct FusedSearch {
     }
     level_offset.assign(levels, 0);
     for (int64_t l = 1; l < levels; ++l) level_offset[l] = level_offset[l - 1] + in.level_sizes[l - 1];
+    for (int64_t l = 0; l < levels; ++l) {
+      const auto& offsets = hold(in.child_offsets[l]);
+      const auto& codes = hold(in.child_codes[l]);
+      trie.push_back({offsets.template const_data_ptr<int64_t>(), codes.template const_data_ptr<int64_t>(),
+                      offsets.size(0) - 1, codes.size(0)});
+    }
     panels.resize(n_layers * batch * kv_heads);
   }
 
@@ -141,35 +149,39 @@ struct FusedSearch {
 
   // Attention of rows [first, first + count) of s.qkv, all of query b, into s.attn: row r's queries against
   // the first visible(r) keys of the query's layer panels (-1: a padding position, whose output is never read)
-  // and its `own` decoded keys / values, own_at(r, layer, 0 | 1 for k | v, KV head) + t * D for token t.
+  // and its `own` decoded keys / values, own_at(r, layer, 0 | 1 for k | v, KV head) + t * D for token t. Rows
+  // (r, query head) of one KV head that see the same keys are attended kRowsPerPass at a time, so that each
+  // load of the panel serves them all.
   template <typename Visible, typename OwnAt>
   void attend(int64_t layer, int64_t b, int64_t first, int64_t count, Scratch<T>& s, int64_t own,
               const Visible& visible, const OwnAt& own_at) {
     auto& block = s.block;
-    const int64_t stride = cpu::round_up(plen + own);
+    const int64_t stride = cpu::round_up(plen + own), total = count * group;
     for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
       const auto& p = panel(layer, b, kvh);
-      for (int64_t r = first; r < first + count; ++r) {
-        T* out_row = s.attn.data() + r * attn_width + kvh * group * dim;
-        const int64_t v = visible(r);
+      const auto out_at = [&](int64_t j) {  // row j = (r, g): query head kvh * group + g of row first + j / group
+        return s.attn.data() + (first + j / group) * attn_width + (kvh * group + j % group) * dim;
+      };
+      for (int64_t j = 0; j < total;) {
+        const int64_t v = visible(first + j / group);
         if (v < 0) {
-          std::fill_n(out_row, group * dim, T(0));
+          std::fill_n(out_at(j), dim, T(0));
+          ++j;
           continue;
         }
-        // The query heads of one KV head, a pass of up to kRowsPerPass at a time.
-        for (int64_t g0 = 0; g0 < group; g0 += cpu::kRowsPerPass) {
-          const int64_t m = std::min(cpu::kRowsPerPass, group - g0);
-          for (int64_t i = 0; i < m; ++i) {
-            const T* q = s.qkv.data() + r * qkv_width + (kvh * group + g0 + i) * dim;
-            for (int64_t d = 0; d < dim; ++d) block.query(i)[d] = q[d] * scale;
-            for (int64_t t = 0; t < own; ++t) {
-              std::copy_n(own_at(r, layer, 0, kvh) + t * dim, dim, block.own_key(i, t));
-              std::copy_n(own_at(r, layer, 1, kvh) + t * dim, dim, block.own_value(i, t));
-            }
+        int64_t m = 0;
+        for (; m < cpu::kRowsPerPass && j + m < total && visible(first + (j + m) / group) == v; ++m) {
+          const int64_t r = first + (j + m) / group;
+          const T* q = s.qkv.data() + r * qkv_width + (kvh * group + (j + m) % group) * dim;
+          for (int64_t d = 0; d < dim; ++d) block.query(m)[d] = q[d] * scale;
+          for (int64_t t = 0; t < own; ++t) {
+            std::copy_n(own_at(r, layer, 0, kvh) + t * dim, dim, block.own_key(m, t));
+            std::copy_n(own_at(r, layer, 1, kvh) + t * dim, dim, block.own_value(m, t));
           }
-          cpu::attend_rows(m, block, p, v, dim, s.weights.data(), stride);
-          for (int64_t i = 0; i < m; ++i) std::copy_n(block.result(i), dim, out_row + (g0 + i) * dim);
         }
+        cpu::attend_rows(m, block, p, v, dim, s.weights.data(), stride);
+        for (int64_t i = 0; i < m; ++i) std::copy_n(block.result(i), dim, out_at(j + i));
+        j += m;
       }
     }
   }
@@ -197,7 +209,7 @@ struct FusedSearch {
 
   // RMSNorm, the q|k|v GEMM and rotary embedding of rows [0, n) of s.x; row r at rotary row cos_row(r).
   template <typename CosRow>
-  void project_qkv(const LayerPtrs<T>& w, int64_t n, Scratch<T>& s, CosRow cos_row) {
+  void project_qkv(const LayerPtrs<T>& w, int64_t n, Scratch<T>& s, const CosRow& cos_row) {
     for (int64_t r = 0; r < n; ++r) {
       cpu::rms_norm_row(s.x.data() + r * hidden, w.input_norm, w.eps, hidden, s.normed.data() + r * hidden, s.widen_a);
     }
@@ -209,8 +221,9 @@ struct FusedSearch {
     }
   }
 
-  // Final RMSNorm of rows [0, n) of s.x, then their level-`level` logits into out [n, K_level].
-  void logits(int64_t level, int64_t r0, int64_t n, Scratch<T>& s, T* out) {
+  // Final RMSNorm of rows [r0, r0 + n) of s.x, then their level-`level` logits into out [n, K_level] and each
+  // row's max / log-sum-exp into stats (the beam step's, computed here in the row's task).
+  void logits(int64_t level, int64_t r0, int64_t n, Scratch<T>& s, T* out, cpu::RowStats<T>* stats) {
     for (int64_t r = 0; r < n; ++r) {
       cpu::rms_norm_row(s.x.data() + (r0 + r) * hidden, final_norm, static_cast<T>(in.final_eps), hidden,
                         s.normed.data() + r * hidden, s.widen_a);
@@ -218,13 +231,14 @@ struct FusedSearch {
     const int64_t k = in.level_sizes[level];
     const T beta = preset_bias(head_bias ? head_bias + level_offset[level] : nullptr, n, k, out);
     gemm_nt(n, k, hidden, s.normed.data(), head + level_offset[level] * hidden, beta, out);
+    for (int64_t r = 0; r < n; ++r) stats[r] = cpu::row_stats(out + r * k, k);
   }
 
-  // Every prompt through every layer (queries in parallel); builds the panels; level-0 logits [B, 1, K_0].
-  at::Tensor prefill() {
-    auto out = at::empty({batch, 1, in.level_sizes[0]}, in.embeds.options());
-    T* logits_out = out.mutable_data_ptr<T>();
-    const int64_t rows_cos = plen + levels - 1;  // rotary rows per query
+  // Every prompt through every layer (queries in parallel), building the panels; the level-0 logits [B, K_0].
+  void prefill(std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
+    const int64_t k = in.level_sizes[0], rows_cos = plen + levels - 1;  // rotary rows per query
+    logits_out.resize(batch * k);
+    stats.resize(batch);
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
       Scratch<T> s(plen, hidden, qkv_width, attn_width, inner, plen, 0, dim);
       std::vector<int64_t> visible(plen);  // real prompt positions up to and including p; -1 for padding
@@ -237,8 +251,8 @@ struct FusedSearch {
           project_qkv(w, plen, s, [&](int64_t r) { return b * rows_cos + r; });
           for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
             auto& p = panel(i, b, kvh) = cpu::PromptPanel<T>(plen, dim);
-            const T* k = s.qkv.data() + (heads + kvh) * dim;
-            p.load(k, k + kv_heads * dim, qkv_width, m, plen, dim);
+            const T* key = s.qkv.data() + (heads + kvh) * dim;
+            p.load(key, key + kv_heads * dim, qkv_width, m, plen, dim);
           }
           // The last layer only needs the last position (always real: prompts are left-padded).
           const int64_t first = i + 1 == n_layers ? plen - 1 : 0;
@@ -246,74 +260,36 @@ struct FusedSearch {
                  [](int64_t, int64_t, int64_t, int64_t) -> const T* { return nullptr; });
           finish_layer(w, first, plen, s);
         }
-        logits(0, plen - 1, 1, s, logits_out + b * in.level_sizes[0]);
+        logits(0, plen - 1, 1, s, logits_out.data() + b * k, stats.data() + b);
       }
     });
-    return out;
-  }
-
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> run() {
-    const auto acc = in.embeds.options();
-    const auto long_opts = acc.dtype(at::kLong);
-    at::Tensor logits_t = prefill();
-    at::Tensor scores = at::zeros({batch, 1}, acc), nodes = at::zeros({batch, 1}, long_opts);
-    // Each beam's codes so far, [B, W_in, L], and each beam's decoded keys / values, [B W][layer][k|v][KV head]
-    // [step][D]: a beam's whole block is contiguous, so following a parent is one copy.
-    std::vector<int64_t> history(batch * levels), next_history(batch * width * levels);
-    const int64_t steps = levels - 1, own_block = n_layers * 2 * kv_heads * std::max<int64_t>(steps, 1) * dim;
-    std::vector<T> own(steps > 0 ? batch * width * own_block : 0), next_own(own.size());
-    int64_t beams_in = 1;
-    for (int64_t level = 0;; ++level) {
-      auto [step_scores, step_codes, parents_t, step_nodes] =
-          beam_step_op(logits_t.view({batch, beams_in, in.level_sizes[level]}), scores, nodes,
-                       in.child_offsets[level], in.child_codes[level], width, in.constrained);
-      scores = step_scores, nodes = step_nodes;
-      const int64_t* parents = parents_t.const_data_ptr<int64_t>();
-      const int64_t* codes = step_codes.const_data_ptr<int64_t>();
-      for (int64_t r = 0; r < batch * width; ++r) {  // dead slots follow beam 0; their -inf keeps them dead
-        const int64_t from = (r / width * beams_in + std::max<int64_t>(parents[r], 0)) * levels;
-        std::copy_n(history.begin() + from, level, next_history.begin() + r * levels);
-        next_history[r * levels + level] = codes[r];
-      }
-      history.swap(next_history);
-      next_history.resize(batch * width * levels);
-      if (level + 1 == levels) break;
-      logits_t = decode_step(level, parents, codes, own, next_own);
-      own.swap(next_own);
-      beams_in = width;
-    }
-    auto codes = at::empty({batch, width, levels}, long_opts);
-    std::copy(history.begin(), history.end(), codes.mutable_data_ptr<int64_t>());
-    codes.masked_fill_(scores.isneginf().unsqueeze(2), -1);  // a dead slot's earlier codes are its stand-in's
-    return {scores, codes, nodes};
   }
 
   // Decode step t: every beam's level-t token (codes, following parents) through every layer at position
-  // P + t, its keys / values written to slot t of next_own after its parent's slots < t; -> logits [B W, K].
-  at::Tensor decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const std::vector<T>& own,
-                         std::vector<T>& next_own) {
+  // P + t, its keys / values written to slot t of next_own after its parent's slots < t; the level-(t + 1)
+  // logits [B W, K] and their row statistics.
+  void decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const std::vector<T>& own,
+                   std::vector<T>& next_own, std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
     const int64_t steps = levels - 1, rows = batch * width, k = in.level_sizes[t + 1];
-    const int64_t own_block = n_layers * 2 * kv_heads * steps * dim;
-    auto out = at::empty({rows, k}, in.embeds.options());
-    T* logits_out = out.mutable_data_ptr<T>();
+    const int64_t own_block = n_layers * 2 * kv_heads * steps * dim, rows_cos = plen + levels - 1;
+    logits_out.resize(rows * k);
+    stats.resize(rows);
     const auto tasks = split_rows(batch, width, at::get_num_threads());
-    const int64_t rows_cos = plen + levels - 1;
     at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
       for (int64_t task = k0; task < k1; ++task) {
         const auto [b0, nb, w0, nw] = tasks[task];
-        const int64_t r0 = b0 * width + w0, n = nb * nw;
+        const int64_t r0 = b0 * width + w0, n = nb * nw;  // task row i is beam (b0 + i / nw, w0 + i % nw)
         Scratch<T> s(n, hidden, qkv_width, attn_width, inner, plen, t + 1, dim);
         for (int64_t i = 0; i < n; ++i) {
-          const int64_t r = r0 + i, b = r / width;
+          const int64_t r = r0 + i;
           if (t > 0) {
-            const int64_t parent = b * width + std::max<int64_t>(parents[r], 0);
+            const int64_t parent = r / width * width + std::max<int64_t>(parents[r], 0);
             std::copy_n(own.begin() + parent * own_block, own_block, next_own.begin() + r * own_block);
           }
           const int64_t token = level_offset[t] + std::max<int64_t>(codes[r], 0);
           std::copy_n(sid_embedding + token * hidden, hidden, s.x.begin() + i * hidden);
         }
-        // Row i of the task is beam (b0 + i / nw, w0 + i % nw).
-        const auto own_at = [&](int64_t i, int64_t layer, int64_t kv, int64_t kvh) {
+        const auto own_at = [&](int64_t i, int64_t layer, int64_t kv, int64_t kvh) -> T* {
           return next_own.data() + (r0 + i) * own_block + ((layer * 2 + kv) * kv_heads + kvh) * steps * dim;
         };
         for (int64_t layer = 0; layer < n_layers; ++layer) {
@@ -332,10 +308,61 @@ struct FusedSearch {
           }
           finish_layer(w, 0, n, s);
         }
-        logits(t + 1, 0, n, s, logits_out + r0 * k);
+        logits(t + 1, 0, n, s, logits_out.data() + r0 * k, stats.data() + r0);
       }
     });
-    return out;
+  }
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> run() {
+    const auto neg_inf = -std::numeric_limits<T>::infinity();
+    std::vector<T> logits_buf;
+    std::vector<cpu::RowStats<T>> stats;
+    prefill(logits_buf, stats);
+    // Per level: the beams in (scores, trie nodes; W_in = 1 at level 0) and out (scores, codes, parents, nodes).
+    std::vector<T> scores(batch, T(0)), next_scores(batch * width);
+    std::vector<int64_t> nodes(batch, 0), next_nodes(batch * width), codes(batch * width), parents(batch * width);
+    // Each beam's codes so far, [B, W_in, L], and each beam's decoded keys / values, [B W][layer][k|v][KV head]
+    // [step][D]: a beam's whole block is contiguous, so following a parent is one copy.
+    std::vector<int64_t> history(batch * levels), next_history(batch * width * levels);
+    const int64_t own_block = n_layers * 2 * kv_heads * (levels - 1) * dim;
+    std::vector<T> own(batch * width * own_block), next_own(own.size());
+    int64_t beams_in = 1;
+    for (int64_t level = 0;; ++level) {
+      const int64_t k = in.level_sizes[level];
+      at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+        cpu::TopHeap<T> heap(width);
+        std::vector<T> buffer;
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t i = b * beams_in, o = b * width;
+          cpu::select_beams<T, T>(logits_buf.data() + i * k, stats.data() + i, scores.data() + i, nodes.data() + i,
+                                  beams_in, k, trie[level], in.constrained, heap, buffer, width,
+                                  {next_scores.data() + o, codes.data() + o, parents.data() + o, next_nodes.data() + o});
+        }
+      });
+      scores.swap(next_scores), nodes.swap(next_nodes);
+      next_scores.resize(batch * width), next_nodes.resize(batch * width);
+      for (int64_t r = 0; r < batch * width; ++r) {  // dead slots follow beam 0; their -inf keeps them dead
+        const int64_t from = (r / width * beams_in + std::max<int64_t>(parents[r], 0)) * levels;
+        std::copy_n(history.begin() + from, level, next_history.begin() + r * levels);
+        next_history[r * levels + level] = codes[r];
+      }
+      history.swap(next_history);
+      next_history.resize(batch * width * levels);
+      if (level + 1 == levels) break;
+      decode_step(level, parents.data(), codes.data(), own, next_own, logits_buf, stats);
+      own.swap(next_own);
+      beams_in = width;
+    }
+    auto scores_t = at::empty({batch, width}, in.embeds.options());
+    auto codes_t = at::empty({batch, width, levels}, in.embeds.options().dtype(at::kLong));
+    auto nodes_t = at::empty({batch, width}, codes_t.options());
+    std::copy(scores.begin(), scores.end(), scores_t.mutable_data_ptr<T>());
+    std::copy(nodes.begin(), nodes.end(), nodes_t.mutable_data_ptr<int64_t>());
+    int64_t* out_codes = codes_t.mutable_data_ptr<int64_t>();
+    for (int64_t r = 0; r < batch * width; ++r) {  // a dead slot's earlier codes are its stand-in parent's
+      for (int64_t l = 0; l < levels; ++l) out_codes[r * levels + l] = scores[r] > neg_inf ? history[r * levels + l] : -1;
+    }
+    return {scores_t, codes_t, nodes_t};
   }
 };
 
