@@ -25,8 +25,11 @@ struct TablePlan {
   std::vector<LevelRange> ranges;
   std::vector<int64_t> offset;  // first table row of level l
   int64_t rows = 0;             // S
-  at::Tensor level_info;        // int64 [L, 3] on the op's device: (offset[l] - lo_l, lo_l, hi_l)
+  at::Tensor level_info;        // int64 [L, 3] on the op's device: (offset[l] - lo_l, lo_l, hi_l); table only
 };
+
+// The table beats the direct GEMM when the levels' spans hold fewer rows than the R * L lookups.
+bool use_projected_table(const TablePlan& p, const TokenMergeSizes& s) { return p.rows < s.rows * s.levels; }
 
 TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, const at::Tensor& tokens) {
   TablePlan p;
@@ -37,6 +40,7 @@ TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, c
     p.rows += r.hi - r.lo;
     full = full && r.lo == 0 && r.hi == s.vocab;
   }
+  if (!use_projected_table(p, s)) return p;  // the direct GEMM needs no level_info (a few ATen calls saved)
   if (full) {  // built on the device: no host-to-device copy (keeps CUDA-graph capture legal)
     const auto base = at::arange(s.levels, tokens.options()).mul_(s.vocab);
     p.level_info = at::stack({base, at::zeros_like(base), at::full_like(base, s.vocab)}, 1);
@@ -49,9 +53,6 @@ TablePlan plan_table(std::vector<LevelRange> ranges, const TokenMergeSizes& s, c
   }
   return p;
 }
-
-// The table beats the direct GEMM when the levels' spans hold fewer rows than the R * L lookups.
-bool use_projected_table(const TablePlan& p, const TokenMergeSizes& s) { return p.rows < s.rows * s.levels; }
 
 int64_t chunk_rows(const TokenMergeKernels& k, const TokenMergeSizes& s, at::ScalarType t) {
   const int64_t row_bytes = s.levels * s.dim * static_cast<int64_t>(c10::elementSize(t));

@@ -27,7 +27,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from .._io import atomic_directory
 from ..nn import TokenMerger
 from ..sid import SIDVocab
-from ..sid.vocab import BOS, PAD, SEP
+from ..sid.vocab import BOS, PAD, SEP, SPECIALS
 from ..train.batching import SFTBatch
 from .config import ModelConfig
 
@@ -71,6 +71,7 @@ class GenRecModel(nn.Module):
         hidden = backbone.config.hidden_size
         self.merger = (TokenMerger(embedding.num_embeddings, hidden, vocab.levels, hidden,
                                    pad_id=token_offset + PAD, embedding=embedding) if config.token_merger else None)
+        self._prompt_tables_cache: dict = {}  # (history width, device) -> prompt layout tables
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -97,8 +98,12 @@ class GenRecModel(nn.Module):
         return cls(config, vocab, Qwen2ForCausalLM(hf))
 
     # ---- forward -----------------------------------------------------------------------------------
+    @property
+    def _input_embeddings(self) -> nn.Embedding:
+        return self.backbone.model.embed_tokens  # get_input_embeddings() costs more than a serving prompt's maths
+
     def embed_tokens(self, tokens: Tensor) -> Tensor:
-        return self.backbone.get_input_embeddings()(tokens + self.token_offset)
+        return self._input_embeddings(tokens + self.token_offset)
 
     def prompt_items(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor]:
         """History ``[B, N, L]`` as prompt vectors ``[B, P_items, H]`` and the number of them per example."""
@@ -107,27 +112,40 @@ class GenRecModel(nn.Module):
         b, n, levels = history.shape
         return self.embed_tokens(history.reshape(b, n * levels)), history_len * levels
 
-    def _sequence_embeds(self, items: Tensor, n_items: Tensor, rel: Tensor, target: Tensor | None = None,
-                         target_len: Tensor | None = None) -> Tensor:
-        """Input embeddings at positions ``rel [B, S]`` of each sequence (negative in left padding): <bos>, the
-        ``n_items`` prompt vectors ``items``, <sep>, then the target tokens if given; <pad> elsewhere."""
-        width, hidden = items.shape[1], items.shape[2]
+    @staticmethod
+    def _layout_index(rel: Tensor, n_items: Tensor, width: int, target_len: Tensor | None = None) -> Tensor:
+        """The sequence layout (module docstring) as data: for positions ``rel [B, S]`` of each sequence
+        (negative in left padding), the row of ``[items (width rows); the specials; targets]`` it takes
+        (:meth:`_source_rows`)."""
         prompt_len = n_items[:, None] + 2
-        is_item = (rel >= 1) & (rel <= n_items[:, None])
-        item_part = items.gather(1, (rel - 1).clamp(0, width - 1)[..., None].expand(-1, -1, hidden))
-        rest = PAD
+        index = torch.where(rel == 0, width + BOS, width + PAD)
+        index = torch.where((rel >= 1) & (rel < prompt_len - 1), rel - 1, index)  # the items
+        index = torch.where(rel == prompt_len - 1, width + SEP, index)
+        if target_len is not None:
+            t = rel - prompt_len
+            index = torch.where((t >= 0) & (t < target_len[:, None]), width + len(SPECIALS) + t, index)
+        return index
+
+    def _source_rows(self, items: Tensor, target: Tensor | None = None) -> Tensor:
+        """``[items; the special tokens' embeddings; the embedded targets]`` per example: the rows a layout
+        gathers."""
+        specials = self._input_embeddings.weight[self.token_offset : self.token_offset + len(SPECIALS)]
+        parts = [items, specials.to(items.dtype).expand(items.shape[0], -1, -1)]
         if target is not None:
-            is_target = (rel >= prompt_len) & (rel < prompt_len + target_len[:, None])
-            rest = torch.where(is_target, target.gather(1, (rel - prompt_len).clamp(0, target.shape[1] - 1)), PAD)
-        tokens = torch.where(rel == 0, BOS, torch.where(rel == prompt_len - 1, SEP, rest))
-        return torch.where(is_item[..., None], item_part, self.embed_tokens(tokens))
+            parts.append(self.embed_tokens(target).to(items.dtype))
+        return torch.cat(parts, 1)
+
+    @staticmethod
+    def _gather_rows(rows: Tensor, index: Tensor) -> Tensor:
+        return rows.gather(1, index[..., None].expand(-1, -1, rows.shape[2]))
 
     def layout(self, batch: SFTBatch) -> Layout:
         items, n_items = self.prompt_items(batch.history, batch.history_len)
         prompt_len = n_items + 2
         seq_len = prompt_len + batch.target_len
         j = torch.arange(int(seq_len.max()), device=items.device)[None]  # [1, S]
-        inputs = self._sequence_embeds(items, n_items, j.expand(items.shape[0], -1), batch.target, batch.target_len)
+        index = self._layout_index(j.expand(items.shape[0], -1), n_items, items.shape[1], batch.target_len)
+        inputs = self._gather_rows(self._source_rows(items, batch.target), index)
         # Position p predicts the token at p + 1: the <sep> predicts y_1, y_t predicts y_{t+1}.
         label_mask = (j >= prompt_len[:, None] - 1) & (j < seq_len[:, None] - 1)
         labels = batch.target.gather(1, (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1))[label_mask]
@@ -135,13 +153,21 @@ class GenRecModel(nn.Module):
 
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
-        so every prompt ends at the same position and decoding steps append in lockstep."""
+        so every prompt ends at the same position and decoding steps append in lockstep. P is the widest prompt
+        the history tensor holds (no host sync); a prompt's layout, mask and positions depend only on its number
+        of items, so they are rows of tables made once per width."""
         items, n_items = self.prompt_items(history, history_len)
-        prompt_len = n_items + 2
-        p = int(prompt_len.max())
-        # Position inside the prompt, negative in the padding (each prompt starts at p - prompt_len).
-        rel = torch.arange(p, device=items.device)[None] - (p - prompt_len[:, None])
-        return self._sequence_embeds(items, n_items, rel), rel >= 0, rel.clamp(min=0)
+        index, mask, positions = (t.index_select(0, n_items) for t in self._prompt_tables(items.shape[1], items.device))
+        return self._gather_rows(self._source_rows(items), index), mask, positions
+
+    def _prompt_tables(self, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """For n = 0..width items: the layout index, attention mask and position ids of a left-padded prompt."""
+        key = (width, device)
+        if key not in self._prompt_tables_cache:
+            n = torch.arange(width + 1, device=device)
+            rel = torch.arange(width + 2, device=device)[None] - (width - n[:, None])  # position inside the prompt
+            self._prompt_tables_cache[key] = (self._layout_index(rel, n, width), rel >= 0, rel.clamp(min=0))
+        return self._prompt_tables_cache[key]
 
     def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
