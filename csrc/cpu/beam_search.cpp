@@ -330,12 +330,12 @@ struct FusedSearch {
     for (int64_t level = 0;; ++level) {
       const int64_t k = in.level_sizes[level];
       at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
-        cpu::TopHeap<T> heap(width);
+        cpu::TopK<T> top(width);
         std::vector<T> buffer;
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t i = b * beams_in, o = b * width;
           cpu::select_beams<T, T>(logits_buf.data() + i * k, stats.data() + i, scores.data() + i, nodes.data() + i,
-                                  beams_in, k, trie[level], in.constrained, heap, buffer, width,
+                                  beams_in, k, trie[level], in.constrained, top, buffer, width,
                                   {next_scores.data() + o, codes.data() + o, parents.data() + o, next_nodes.data() + o});
         }
       });

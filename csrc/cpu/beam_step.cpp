@@ -1,6 +1,6 @@
 // CPU kernel of genrec::beam_step: queries in parallel, each one pass over its live beams that keeps the best
-// W' candidates in a bounded heap (cpu/beam_select.h). A row's log-sum-exp (cpu/vec_math.h) is computed only
-// for beams that survive the heap's first test.
+// W' candidates (cpu/beam_select.h). A row's log-sum-exp (cpu/vec_math.h) is computed only for beams that
+// survive the first test.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -46,12 +46,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_cpu(
     int64_t* o_node = out_nodes.mutable_data_ptr<int64_t>();
     const cpu::TrieDepth trie{off, code, a.nodes, a.children};
     at::parallel_for(0, a.batch, 1, [&](int64_t b0, int64_t b1) {
-      cpu::TopHeap<acc_t> heap(a.out_beams);
+      cpu::TopK<acc_t> top(a.out_beams);
       std::vector<acc_t> buffer;  // a bf16 row widened to float
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t o = b * a.out_beams;
         cpu::select_beams<scalar_t, acc_t>(lg + b * a.beams * a.width, nullptr, sc + b * a.beams, nd + b * a.beams,
-                                           a.beams, a.width, trie, constrained, heap, buffer, a.out_beams,
+                                           a.beams, a.width, trie, constrained, top, buffer, a.out_beams,
                                            {o_sc + o, o_code + o, o_par + o, o_node + o});
       }
     });

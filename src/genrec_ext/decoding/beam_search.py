@@ -8,6 +8,7 @@ and only the decoded tokens' keys and values are per beam (reordered by parent b
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -32,15 +33,39 @@ def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
     return model.token_logits(hidden, model.vocab.offsets[level], model.vocab.level_sizes[level])
 
 
+# Rotary variants whose tables depend only on the position (transformers' "dynamic" kinds rescale with the
+# sequence length, so their tables are made per search).
+_STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
+# (model, prompt width, levels, device, dtype) -> the rotary tables of each prompt length, with the key's sources
+_ROTARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _rotary_tables(model: GenRecModel, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos / sin ``[R, P + L - 1, D]`` for rows of prompt ``positions [R, P]`` followed by the L - 1 decode
+    positions, from the backbone's own rotary module (whatever its rope scaling)."""
+    ahead = positions[:, -1:] + torch.arange(1, model.vocab.levels, device=positions.device)
+    probe = torch.empty(0, dtype=dtype, device=positions.device)  # the module reads only its dtype and device
+    return model.backbone.model.rotary_emb(probe, torch.cat([positions, ahead], 1))
+
+
 def search_inputs(model: GenRecModel, history: Tensor, history_len: Tensor) -> dict:
     """``genrec::beam_search``'s model-side arguments for these histories (``[B, N, L]`` tokens, right-padded,
     and lengths): the left-padded prompts, the rotary tables of the prompt and decode positions, and the
-    model's weights (:func:`search_weights`)."""
-    embeds, mask, positions = model.prompt_inputs(history, history_len)
-    # The rotary tables of the prompt and of every decode step, from the backbone's own rotary module
-    # (whatever its rope scaling).
-    ahead = positions[:, -1:] + torch.arange(1, model.vocab.levels, device=positions.device)
-    cos, sin = model.backbone.model.rotary_emb(embeds, torch.cat([positions, ahead], 1))
+    model's weights (:func:`search_weights`). A prompt's positions depend only on its number of items, so with
+    a static rope its rotary tables are rows of a table made once per prompt width."""
+    items, n_items = model.prompt_items(history, history_len)
+    embeds, mask, positions = model.prompt_from_items(items, n_items)
+    rotary = model.backbone.model.rotary_emb
+    if getattr(rotary, "rope_type", "default") in _STATIC_ROPE:
+        key = (items.shape[1], model.vocab.levels, items.device, embeds.dtype, rotary.inv_freq.data_ptr(),
+               rotary.inv_freq._version)
+        tables = _ROTARY.setdefault(model, {})
+        if key not in tables:
+            tables.clear()  # one width at a time is the common case; never grow without bound
+            tables[key] = _rotary_tables(model, model.prompt_tables(items.shape[1], items.device)[2], embeds.dtype)
+        cos, sin = (t.index_select(0, n_items) for t in tables[key])
+    else:
+        cos, sin = _rotary_tables(model, positions, embeds.dtype)
     return dict(embeds=embeds, prompt_mask=mask, cos=cos, sin=sin, level_sizes=model.vocab.level_sizes,
                 **search_weights(model).op_arguments)
 
@@ -61,7 +86,7 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     scores, codes, nodes = ops.beam_search(**search_inputs(model, history, history_len), child_offsets=trie.offsets,
                                            child_codes=trie.codes, beam_width=beam_width, constrained=constrained)
     if constrained:
-        items = torch.where(nodes >= 0, trie.leaf_items[nodes.clamp(min=0)], -1)
+        items = trie.items_of(nodes)
     else:
         rows = codes.reshape(-1, codes.shape[2]).cpu().numpy()
         found = (table.item(row) if (row >= 0).all() else None for row in rows)

@@ -156,12 +156,16 @@ class GenRecModel(nn.Module):
         so every prompt ends at the same position and decoding steps append in lockstep. P is the widest prompt
         the history tensor holds (no host sync); a prompt's layout, mask and positions depend only on its number
         of items, so they are rows of tables made once per width."""
-        items, n_items = self.prompt_items(history, history_len)
-        index, mask, positions = (t.index_select(0, n_items) for t in self._prompt_tables(items.shape[1], items.device))
+        return self.prompt_from_items(*self.prompt_items(history, history_len))
+
+    def prompt_from_items(self, items: Tensor, n_items: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`prompt_inputs` from :meth:`prompt_items`' output."""
+        index, mask, positions = (t.index_select(0, n_items) for t in self.prompt_tables(items.shape[1], items.device))
         return self._gather_rows(self._source_rows(items), index), mask, positions
 
-    def _prompt_tables(self, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """For n = 0..width items: the layout index, attention mask and position ids of a left-padded prompt."""
+    def prompt_tables(self, width: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """For n = 0..width prompt items (rows n): the layout index, attention mask and position ids of a
+        left-padded generation prompt of width + 2 positions."""
         key = (width, device)
         if key not in self._prompt_tables_cache:
             n = torch.arange(width + 1, device=device)

@@ -14,7 +14,7 @@ mask where that is cheaper (small levels).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class SIDTrie:
     offsets: list[Tensor]
     codes: list[Tensor]
     leaf_items: Tensor
+    _padded_leaf_items: Tensor | None = field(default=None, repr=False, compare=False)  # [-1; leaf_items]
 
     @classmethod
     def from_codes(cls, sids: np.ndarray, level_sizes: list[int]) -> SIDTrie:
@@ -93,6 +94,14 @@ class SIDTrie:
         mask[parents, self.codes[depth]] = True
         return mask
 
+    def items_of(self, leaves: Tensor) -> Tensor:
+        """Item index of each leaf node in ``leaves`` (``-1`` stays ``-1``: a dead beam slot)."""
+        if self._padded_leaf_items is None or self._padded_leaf_items.device != self.leaf_items.device:
+            self._padded_leaf_items = torch.cat([self.leaf_items.new_full((1,), -1), self.leaf_items])
+        return self._padded_leaf_items[leaves + 1]
+
     def to(self, device) -> SIDTrie:
+        if self.leaf_items.device == torch.device(device):
+            return self  # serving moves the trie on every search; most of the time it is there already
         return SIDTrie(self.level_sizes, [o.to(device) for o in self.offsets], [c.to(device) for c in self.codes],
                        self.leaf_items.to(device))
