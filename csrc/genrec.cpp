@@ -72,4 +72,13 @@ TORCH_LIBRARY(genrec, m) {
       "Tensor final_norm_weight, float final_eps, Tensor head_weight, Tensor? head_bias, Tensor sid_embedding, "
       "int[] level_sizes, Tensor[] child_offsets, Tensor[] child_codes, int beam_width, bool constrained) "
       "-> (Tensor, Tensor, Tensor)");
+  // The same search composed of the stage ops (layer_qkv, shared_prefix_attention, layer_out, rms_norm,
+  // beam_step) through the dispatcher: what beam_search runs on CUDA (and on CPU for bf16), registered on CPU
+  // too so that it is tested where no GPU is, and as the benchmark's unfused baseline.
+  m.def(
+      "_beam_search_stages(Tensor embeds, Tensor prompt_mask, Tensor cos, Tensor sin, Tensor[] layer_weights, "
+      "Tensor?[] layer_biases, float[] layer_eps, int num_heads, int num_kv_heads, float scaling, "
+      "Tensor final_norm_weight, float final_eps, Tensor head_weight, Tensor? head_bias, Tensor sid_embedding, "
+      "int[] level_sizes, Tensor[] child_offsets, Tensor[] child_codes, int beam_width, bool constrained) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -375,11 +375,13 @@ void run_row_tasks(int64_t n, const std::function<void(int64_t)>& task) {
   });
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_stages_cpu(const BeamSearchInputs& in) {
+  return beam_search_impl(in, {at::get_num_threads(), &run_row_tasks});
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cpu(const BeamSearchInputs& in) {
   const auto t = in.embeds.scalar_type();
-  if (!have_blas() || (t != at::kFloat && t != at::kDouble)) {
-    return beam_search_impl(in, {at::get_num_threads(), &run_row_tasks});
-  }
+  if (!have_blas() || (t != at::kFloat && t != at::kDouble)) return beam_search_stages_cpu(in);
   check_beam_search_inputs(in);
   if (t == at::kFloat) return FusedSearch<float>(in).run();
   return FusedSearch<double>(in).run();
@@ -387,6 +389,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cpu(const BeamSearchI
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genrec, CPU, m) { m.impl("beam_search", &beam_search_kernel<&beam_search_cpu>); }
+TORCH_LIBRARY_IMPL(genrec, CPU, m) {
+  m.impl("beam_search", &beam_search_kernel<&beam_search_cpu>);
+  m.impl("_beam_search_stages", &beam_search_kernel<&beam_search_stages_cpu>);
+}
 
 }  // namespace genrec

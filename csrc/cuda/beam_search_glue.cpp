@@ -19,6 +19,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cuda(const BeamSearch
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(genrec, CUDA, m) { m.impl("beam_search", &beam_search_kernel<&beam_search_cuda>); }
+TORCH_LIBRARY_IMPL(genrec, CUDA, m) {
+  m.impl("beam_search", &beam_search_kernel<&beam_search_cuda>);
+  m.impl("_beam_search_stages", &beam_search_kernel<&beam_search_cuda>);
+}
 
 }  // namespace genrec

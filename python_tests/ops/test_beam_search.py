@@ -1,5 +1,7 @@
 """genrec::beam_search: the whole search (prefill, decode steps, beam steps) against the reference built from
-the other ops' references, on random decoders and tries of odd shapes; CUDA against CPU when a GPU is there."""
+the other ops' references, on random decoders and tries of odd shapes — the fused CPU kernel and the search
+composed of the stage ops (genrec::_beam_search_stages, what CUDA runs) alike; CUDA against CPU when a GPU is
+there."""
 
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ def make_inputs(batch=2, prompt=6, hidden=16, heads=4, kv_heads=2, dim=8, inner=
                 constrained=constrained)
 
 
-def assert_matches_reference(args, tol=1e-10):
-    scores, codes, nodes = beam_search(**args)
+def assert_matches_reference(args, tol=1e-10, fused=True):
+    scores, codes, nodes = beam_search(**args, fused=fused)
     want_scores, want_codes, want_nodes = reference.beam_search(**args)
     bsz, width = args["embeds"].shape[0], args["beam_width"]
     assert scores.shape == (bsz, width) and codes.shape == (bsz, width, len(args["level_sizes"]))
@@ -66,20 +68,22 @@ def assert_matches_reference(args, tol=1e-10):
 
 @given(st.integers(1, 3), st.integers(1, 9), st.sampled_from([(1, 1), (2, 1), (4, 2)]), st.integers(1, 3),
        st.sampled_from([(5,), (4, 3), (4, 3, 5), (2, 7, 3, 2)]), st.integers(1, 12), st.booleans(), st.booleans(),
-       st.integers(0, 2**16))
-def test_matches_the_reference_on_odd_shapes(batch, prompt, heads_kv, layers, levels, width, bias, constrained, seed):
+       st.booleans(), st.integers(0, 2**16))
+def test_matches_the_reference_on_odd_shapes(batch, prompt, heads_kv, layers, levels, width, bias, constrained, fused,
+                                             seed):
     heads, kv_heads = heads_kv
     args = make_inputs(batch, prompt, heads=heads, kv_heads=kv_heads, layers=layers, levels=levels, width=width,
                        bias=bias, constrained=constrained, pad=(0, prompt // 2, prompt), seed=seed)
-    assert_matches_reference(args)
+    assert_matches_reference(args, fused=fused)
 
 
-def test_serving_shape_in_float32():
+@pytest.mark.parametrize("fused", [True, False])
+def test_serving_shape_in_float32(fused):
     """50 beams over 3 x 64 codes of a 2-layer model, float32: the reference's scores within float32 rounding,
     the same SIDs (checked where the reference's neighbours are not within rounding of each other)."""
     args = make_inputs(batch=3, prompt=12, hidden=32, heads=4, kv_heads=2, dim=8, inner=64, levels=(64, 64, 64),
                        items=2000, width=50, dtype=torch.float32, pad=(0, 5, 11))
-    scores, codes, _ = beam_search(**args)
+    scores, codes, _ = beam_search(**args, fused=fused)
     want_scores, want_codes, _ = reference.beam_search(**args)
     torch.testing.assert_close(scores, want_scores, rtol=0, atol=1e-4)
     gaps = torch.diff(want_scores, dim=1).abs()
@@ -124,6 +128,7 @@ def test_bfloat16_agrees_with_a_float64_reference():
 def test_opcheck_and_compile():
     args = make_inputs(width=3)
     torch.library.opcheck(OP, tuple(args.values()))
+    torch.library.opcheck(torch.ops.genrec._beam_search_stages.default, tuple(args.values()))
     compiled = torch.compile(lambda kw: beam_search(**kw), fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(args), beam_search(**args)):
         torch.testing.assert_close(got, want)
@@ -140,7 +145,19 @@ def test_opcheck_and_compile():
 ])
 def test_bad_inputs_name_the_argument(change, message):
     args = make_inputs() | change
-    with pytest.raises(RuntimeError, match=message):
+    for fused in (True, False):
+        with pytest.raises(RuntimeError, match=message):
+            beam_search(**args, fused=fused)
+
+
+def test_an_inconsistent_trie_is_refused():
+    args = make_inputs()
+    args["child_offsets"] = [args["child_offsets"][0], args["child_offsets"][1][:-1], args["child_offsets"][2]]
+    with pytest.raises(RuntimeError, match="the trie's depth 0 has .* children but depth 1 has"):
+        beam_search(**args)
+    args = make_inputs()
+    args["child_codes"] = [args["child_codes"][0] + 10, *args["child_codes"][1:]]  # codes past K_0 = 4
+    with pytest.raises(RuntimeError, match="child_codes\\[.*\\] = .* is outside \\[0, K = 4\\)"):
         beam_search(**args)
 
 

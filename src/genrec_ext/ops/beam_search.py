@@ -24,6 +24,7 @@ _OP = "genrec::beam_search"
 LAYER_WEIGHTS = ("input_norm", "qkv", "o", "post_norm", "gate_up", "down")  # per layer, in the op's order
 
 
+@torch.library.register_fake("genrec::_beam_search_stages")
 @torch.library.register_fake(_OP)
 def _beam_search_fake(embeds, prompt_mask, cos, sin, layer_weights, layer_biases, layer_eps, num_heads, num_kv_heads,
                       scaling, final_norm_weight, final_eps, head_weight, head_bias, sid_embedding, level_sizes,
@@ -40,7 +41,7 @@ def beam_search(embeds: Tensor, prompt_mask: Tensor, cos: Tensor, sin: Tensor, l
                 scaling: float, final_norm_weight: Tensor, final_eps: float, head_weight: Tensor,
                 head_bias: Tensor | None, sid_embedding: Tensor, level_sizes: Sequence[int],
                 child_offsets: Sequence[Tensor], child_codes: Sequence[Tensor], beam_width: int,
-                constrained: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+                constrained: bool = True, *, fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``beam_width`` SIDs of each prompt.
 
     Args:
@@ -56,6 +57,8 @@ def beam_search(embeds: Tensor, prompt_mask: Tensor, cos: Tensor, sin: Tensor, l
         level_sizes: K per level; child_offsets, child_codes: the trie's CSR arrays per depth
             (:class:`genrec_ext.sid.SIDTrie`).
         constrained: keep only codes that continue a valid SID (else any code of the level's block).
+        fused: False runs the same search composed of the stage ops (``genrec::_beam_search_stages``: what
+            CUDA runs), for tests and as a baseline.
 
     Returns:
         ``(scores [B, W], codes int64 [B, W, L], nodes int64 [B, W])``, best first: log-probabilities (float32;
@@ -64,8 +67,8 @@ def beam_search(embeds: Tensor, prompt_mask: Tensor, cos: Tensor, sin: Tensor, l
     """
     refuse_grad("beam_search", (embeds, *layer_weights, *layer_biases, final_norm_weight, head_weight, head_bias,
                                 sid_embedding))
+    op = torch.ops.genrec.beam_search if fused else torch.ops.genrec._beam_search_stages
     with nvtx_range(_OP):
-        return torch.ops.genrec.beam_search(embeds, prompt_mask, cos, sin, list(layer_weights), list(layer_biases),
-                                            list(layer_eps), num_heads, num_kv_heads, scaling, final_norm_weight,
-                                            final_eps, head_weight, head_bias, sid_embedding, list(level_sizes),
-                                            list(child_offsets), list(child_codes), beam_width, constrained)
+        return op(embeds, prompt_mask, cos, sin, list(layer_weights), list(layer_biases), list(layer_eps), num_heads,
+                  num_kv_heads, scaling, final_norm_weight, final_eps, head_weight, head_bias, sid_embedding,
+                  list(level_sizes), list(child_offsets), list(child_codes), beam_width, constrained)
