@@ -1,6 +1,7 @@
-"""Constrained beam search: ours (prefill once, genrec::beam_step per level, KV cache reordered by parent)
-against Hugging Face ``generate(num_beams=W, prefix_allowed_tokens_fn=<trie lookup>)`` on the same model,
-and one step alone against an eager PyTorch masked-top-k step.
+"""Constrained beam search: ours (``decoding.beam_search``: one ``genrec::beam_search`` call) against Hugging
+Face ``generate(num_beams=W, prefix_allowed_tokens_fn=<trie lookup>)`` on the same model, end to end; the op
+alone, fused, against the same search composed of the stage ops (``genrec::_beam_search_stages``, what CUDA
+runs) and against the pure-PyTorch reference; and one beam step alone against an eager masked-top-k step.
 
     python benchmarks/bench_beam_search.py                 # CPU
     python benchmarks/bench_beam_search.py --device cuda
@@ -22,11 +23,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, parse_ints, print_row, time_samples, write_table  # noqa: E402
+from common import (benchmark_parser, machine_description, measure, measure_interleaved, parse_ints,  # noqa: E402
+                    print_row, time_samples, write_table)
 
-from genrec_ext.decoding import beam_search  # noqa: E402
+from genrec_ext import ops  # noqa: E402
+from genrec_ext.decoding import beam_search, search_inputs  # noqa: E402
 from genrec_ext.model import build_model  # noqa: E402
-from genrec_ext.ops import beam_step  # noqa: E402
+from genrec_ext.ops import beam_step, reference  # noqa: E402
 from genrec_ext.sid import SIDTrie, SIDVocab  # noqa: E402
 
 
@@ -70,6 +73,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--hf-reps", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the model's (both sides)")
+    ap.add_argument("--ref-batches", type=parse_ints, default=[1],
+                    help="batches at which to time the pure-PyTorch reference too (it walks beams in Python)")
     args = ap.parse_args()
     device, width = args.device, args.beam
     levels = (256, 256, 256)
@@ -92,6 +97,14 @@ def main() -> None:
             ours, hf = paired_latencies(lambda: beam_search(model, history, lengths, trie_device, beam_width=width),
                                         lambda: hf_generate(model, history, lengths, prefixes, vocab, width), device,
                                         args.hf_reps, max(1, args.reps // args.hf_reps))
+        # The op alone on the same inputs: fused, composed of the stage ops, and the reference.
+        with torch.no_grad():
+            inputs = dict(search_inputs(model, history, lengths), child_offsets=trie_device.offsets,
+                          child_codes=trie_device.codes, beam_width=width)
+            op_ms = measure_interleaved({"fused": lambda: ops.beam_search(**inputs),
+                                         "stages": lambda: ops.beam_search(**inputs, fused=False)}, device)
+            ref_ms = (measure(lambda: reference.beam_search(**inputs), device, budget_s=1.0, warmup=1)
+                      if batch in args.ref_batches and device == "cpu" else None)
         # One step alone at depth 1 (W beams in, each on a level-1 node), ours vs eager masked top-k.
         nodes = torch.from_numpy(rng.integers(0, trie.num_nodes(1), (batch, width))).to(device)
         logits = torch.randn(batch, width, levels[1], device=device)
@@ -104,13 +117,17 @@ def main() -> None:
                    hf_p50_ms=statistics.median(hf), hf_p99_ms=float(np.percentile(hf, 99)),
                    ours_qps=batch / statistics.median(ours) * 1e3, hf_qps=batch / statistics.median(hf) * 1e3,
                    x_hf=statistics.median(hf) / statistics.median(ours),
+                   op_us=op_ms["fused"] * 1e3, stages_us=op_ms["stages"] * 1e3,
+                   x_stages=op_ms["stages"] / op_ms["fused"], x_ref=None if ref_ms is None else ref_ms / op_ms["fused"],
                    step_ours_us=statistics.median(step_ours) * 1e3, step_eager_us=statistics.median(step_eager) * 1e3)
         row["x_step"] = row["step_eager_us"] / row["step_ours_us"]
         rows.append(row)
         print_row(row)
     note = (f"{machine_description(device)}, preset {args.preset} in {args.dtype}, W={width}, 3 x 256 codes, {len(sids):,} items, "
             f"{args.history}-item histories. x_hf: HF generate time / ours (end to end, same model); "
-            "x_step: eager masked-top-k step / genrec::beam_step (depth 1).")
+            "op_us: genrec::beam_search alone (fused), stages_us: the same search composed of the stage ops "
+            "(genrec::_beam_search_stages), x_stages / x_ref: their time / the fused op's (the reference only at "
+            f"batch {args.ref_batches}); x_step: eager masked-top-k step / genrec::beam_step (depth 1).")
     write_table(rows, list(rows[0]), "Constrained beam search",
                 args.out / f"beam_search_{device}" if args.preset == "tiny" and args.dtype == "float32"
                 else args.out / f"beam_search_{device}_{args.preset}_{args.dtype}", note)

@@ -1,9 +1,9 @@
-// CPU kernel of genrec::beam_search. float32 / float64: one fused pass on raw buffers — no tensor op inside a
-// search but the three beam steps —, BLAS GEMMs called directly, the prompt's keys / values laid out once per
-// (layer, query, KV head) as the attention kernel's panels (cpu/attention_rows.h) and reused by every decode
-// step, and each decode step's rows run as independent tasks on all threads (a beam needs only its query's
-// panels and its own keys / values), every task taking its rows through all layers. Other dtypes (bf16):
-// the shared search over the stage ops (beam_search_common.cpp), its row tasks spread the same way.
+// CPU kernel of genrec::beam_search. float32 / float64 where it pays (fused_pays): one fused pass on raw
+// buffers, no tensor op inside a search, BLAS GEMMs called directly, the prompt's keys / values laid out once
+// per (layer, query, KV head) as the attention kernel's panels (cpu/attention_rows.h) and reused by every
+// decode step, and each decode step's rows run as independent tasks on all threads (a beam needs only its
+// query's panels and its own keys / values), every task taking its rows through all layers. Otherwise (bf16,
+// large weights with many rows): the search over the stage ops (beam_search_common.cpp).
 //
 // Why: at serving sizes (one query, 50 beams, a small decoder) a search is ~100 stage calls whose arithmetic
 // takes a few microseconds each; a tensor op's bookkeeping costs about as much as its work, and ATen would
@@ -31,12 +31,33 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
             const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
             const int* ldc) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));  // MKL's C name (the lower-case one is Fortran's)
 }
 
 namespace genrec {
 namespace {
 
 bool have_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
+
+// While alive, this thread's BLAS calls run on this thread alone. A row task is already one of the threads:
+// MKL would otherwise start its own threads inside each task's GEMMs and oversubscribe the cores (measured:
+// prefill of 16 queries on the small preset 21 ms instead of ~3 ms).
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : previous_(MKL_Set_Num_Threads_Local != nullptr ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SingleThreadedBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  int previous_;
+};
+
+// Rows per decode task at most (about): enough for efficient GEMMs, few enough that a task's activations
+// (~10 rows of its width each) stay in the core's cache.
+constexpr int64_t kMaxTaskRows = 256;
 
 // Row-major c[m, n] = beta c + a[m, k] w[n, k]^T (column-major BLAS: c^T = w a^T). Inside a parallel region
 // BLAS runs on the calling thread.
@@ -240,6 +261,7 @@ struct FusedSearch {
     logits_out.resize(batch * k);
     stats.resize(batch);
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
+      const SingleThreadedBlas one_thread;
       Scratch<T> s(plen, hidden, qkv_width, attn_width, inner, plen, 0, dim);
       std::vector<int64_t> visible(plen);  // real prompt positions up to and including p; -1 for padding
       for (int64_t b = b0; b < b1; ++b) {
@@ -274,8 +296,10 @@ struct FusedSearch {
     const int64_t own_block = n_layers * 2 * kv_heads * steps * dim, rows_cos = plen + levels - 1;
     logits_out.resize(rows * k);
     stats.resize(rows);
-    const auto tasks = split_rows(batch, width, at::get_num_threads());
+    // At least one task per thread, and tasks of at most ~kMaxTaskRows rows, whose scratch stays in cache.
+    const auto tasks = split_rows(batch, width, std::max<int64_t>(at::get_num_threads(), rows / kMaxTaskRows));
     at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t k0, int64_t k1) {
+      const SingleThreadedBlas one_thread;
       for (int64_t task = k0; task < k1; ++task) {
         const auto [b0, nb, w0, nw] = tasks[task];
         const int64_t r0 = b0 * width + w0, n = nb * nw;  // task row i is beam (b0 + i / nw, w0 + i % nw)
@@ -379,9 +403,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_stages_cpu(const Beam
   return beam_search_impl(in, {at::get_num_threads(), &run_row_tasks});
 }
 
+// Whether the fused pass beats the stage ops for this search. Its row tasks each stream every layer's weights
+// (and its prefill every query's), which is free while they stay in cache, and where there are few rows the
+// stage ops' per-call cost dominates anyway; with large weights and many rows, the stage ops' GEMMs over all
+// rows at once, on all threads, win. Measured (2 cores): tiny preset (0.4 MB of layer weights) fused 2.5x /
+// 1.2x / 1.2x faster at 1 / 16 / 64 queries of 50 beams; small preset (12.5 MB) 1.2x-1.5x faster at 1 query,
+// 0.8x-0.9x at 16, 1.0x at 64.
+bool fused_pays(const BeamSearchInputs& in) {
+  constexpr int64_t kCachedWeightBytes = 4 << 20, kFewRows = 128;
+  int64_t bytes = 0;
+  for (const auto& w : in.layer_weights) bytes += w.numel() * static_cast<int64_t>(w.element_size());
+  return bytes <= kCachedWeightBytes || in.embeds.size(0) * in.beam_width <= kFewRows;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_cpu(const BeamSearchInputs& in) {
   const auto t = in.embeds.scalar_type();
-  if (!have_blas() || (t != at::kFloat && t != at::kDouble)) return beam_search_stages_cpu(in);
+  if (!have_blas() || (t != at::kFloat && t != at::kDouble) || !fused_pays(in)) return beam_search_stages_cpu(in);
   check_beam_search_inputs(in);
   if (t == at::kFloat) return FusedSearch<float>(in).run();
   return FusedSearch<double>(in).run();
