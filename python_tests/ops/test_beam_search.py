@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrec_ext.ops import beam_search, reference
@@ -92,6 +92,25 @@ def test_serving_shape_in_float32(fused):
     clear[:, :-1] &= gaps > 1e-4
     assert clear.float().mean() > 0.9
     assert torch.equal(codes[clear], want_codes[clear])
+
+
+@settings(max_examples=12)  # the reference walks every beam in Python
+@given(st.sampled_from([2, 6, 16, 24, 40]), st.sampled_from([4, 12, 20, 48]), st.sampled_from([1, 7, 33]),
+       st.booleans(), st.integers(0, 2**16))
+def test_odd_head_and_hidden_widths(dim, hidden, inner, fused, seed):
+    """Head widths and hidden sizes off the 16-float vector blocks (the attention panels' and row kernels' tails)."""
+    args = make_inputs(batch=2, prompt=5, hidden=hidden, heads=2, kv_heads=1, dim=dim, inner=inner, width=7, seed=seed)
+    assert_matches_reference(args, fused=fused)
+
+
+def test_many_queries_take_several_tasks_per_thread():
+    """More decode rows than one task holds (24 x 50 rows: tasks of whole queries, more than one per thread),
+    prompts of one position: the fused kernel against the stage ops (themselves checked against the reference
+    above; the reference would walk these 1,200 beams in Python)."""
+    args = make_inputs(batch=24, prompt=1, width=50, levels=(6, 5, 4), items=100, pad=())
+    fused, stages = beam_search(**args), beam_search(**args, fused=False)
+    torch.testing.assert_close(fused[0], stages[0], rtol=1e-10, atol=1e-10)
+    assert torch.equal(fused[1], stages[1]) and torch.equal(fused[2], stages[2])
 
 
 def test_fewer_items_than_beams_pads_dead_slots():
