@@ -13,8 +13,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "beam_search_common.h"
@@ -290,8 +290,8 @@ struct FusedSearch {
   // Decode step t: every beam's level-t token (codes, following parents) through every layer at position
   // P + t, its keys / values written to slot t of next_own after its parent's slots < t; the level-(t + 1)
   // logits [B W, K] and their row statistics.
-  void decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const std::vector<T>& own,
-                   std::vector<T>& next_own, std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
+  void decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const T* own, T* next_own,
+                   std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
     const int64_t steps = levels - 1, rows = batch * width, k = in.level_sizes[t + 1];
     const int64_t own_block = n_layers * 2 * kv_heads * steps * dim, rows_cos = plen + levels - 1;
     logits_out.resize(rows * k);
@@ -308,13 +308,13 @@ struct FusedSearch {
           const int64_t r = r0 + i;
           if (t > 0) {
             const int64_t parent = r / width * width + std::max<int64_t>(parents[r], 0);
-            std::copy_n(own.begin() + parent * own_block, own_block, next_own.begin() + r * own_block);
+            std::copy_n(own + parent * own_block, own_block, next_own + r * own_block);
           }
           const int64_t token = level_offset[t] + std::max<int64_t>(codes[r], 0);
           std::copy_n(sid_embedding + token * hidden, hidden, s.x.begin() + i * hidden);
         }
         const auto own_at = [&](int64_t i, int64_t layer, int64_t kv, int64_t kvh) -> T* {
-          return next_own.data() + (r0 + i) * own_block + ((layer * 2 + kv) * kv_heads + kvh) * steps * dim;
+          return next_own + (r0 + i) * own_block + ((layer * 2 + kv) * kv_heads + kvh) * steps * dim;
         };
         for (int64_t layer = 0; layer < n_layers; ++layer) {
           const auto& w = layers[layer];
@@ -349,7 +349,8 @@ struct FusedSearch {
     // [step][D]: a beam's whole block is contiguous, so following a parent is one copy.
     std::vector<int64_t> history(batch * levels), next_history(batch * width * levels);
     const int64_t own_block = n_layers * 2 * kv_heads * (levels - 1) * dim;
-    std::vector<T> own(batch * width * own_block), next_own(own.size());
+    // Uninitialised (a slot is written before it is read): at many queries these are megabytes.
+    std::unique_ptr<T[]> own(new T[batch * width * own_block]), next_own(new T[batch * width * own_block]);
     int64_t beams_in = 1;
     for (int64_t level = 0;; ++level) {
       const int64_t k = in.level_sizes[level];
@@ -373,7 +374,7 @@ struct FusedSearch {
       history.swap(next_history);
       next_history.resize(batch * width * levels);
       if (level + 1 == levels) break;
-      decode_step(level, parents.data(), codes.data(), own, next_own, logits_buf, stats);
+      decode_step(level, parents.data(), codes.data(), own.get(), next_own.get(), logits_buf, stats);
       own.swap(next_own);
       beams_in = width;
     }
