@@ -4,6 +4,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <initializer_list>
+#include <string>
 #include <vector>
 
 namespace genrec {
@@ -101,8 +103,6 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
   TORCH_CHECK(in.cos.dim() == 3 && in.cos.size(0) == batch && in.cos.size(1) == plen + levels - 1, op,
               ": cos must be [B, P + L - 1, D] = [", batch, ", ", plen + levels - 1, ", D] (the prompt's positions and ",
               levels - 1, " decode steps), got shape ", in.cos.sizes());
-  TORCH_CHECK(in.sin.sizes() == in.cos.sizes(), op, ": sin must have cos's shape ", in.cos.sizes(), ", got ",
-              in.sin.sizes());
   const int64_t n_layers = static_cast<int64_t>(in.layer_weights.size()) / kLayerWeights;
   TORCH_CHECK(n_layers >= 1 && static_cast<int64_t>(in.layer_weights.size()) == n_layers * kLayerWeights, op,
               ": layer_weights must hold ", kLayerWeights, " tensors per layer (at least one layer), got ",
@@ -114,20 +114,40 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
   TORCH_CHECK(in.num_kv_heads >= 1 && in.num_heads >= 1 && in.num_heads % in.num_kv_heads == 0, op,
               ": num_heads = ", in.num_heads, " must be a positive multiple of num_kv_heads = ", in.num_kv_heads);
   const int64_t dim = in.cos.size(2);
-  TORCH_CHECK(in.layer_weights[1].dim() == 2 && in.layer_weights[1].size(0) == (in.num_heads + 2 * in.num_kv_heads) * dim,
-              op, ": the q|k|v weight must have (num_heads + 2 num_kv_heads) D = ",
-              (in.num_heads + 2 * in.num_kv_heads) * dim, " rows for D = ", dim, ", got shape ",
-              in.layer_weights[1].sizes());
+  TORCH_CHECK(dim >= 2 && dim % 2 == 0, op, ": cos / sin must have an even head width D >= 2, got D = ", dim);
+  // Every float tensor the search reads: its shape (-1: any size), embeds' dtype and device. The fused CPU
+  // kernel reads them as raw buffers, so nothing may be left to the stage ops' own checks.
+  const auto check = [&](const at::Tensor& x, std::initializer_list<int64_t> shape, const std::string& name) {
+    bool fits = x.dim() == static_cast<int64_t>(shape.size());
+    for (int64_t i = 0; fits && i < x.dim(); ++i) fits = shape.begin()[i] < 0 || x.size(i) == shape.begin()[i];
+    std::string want = "[";
+    for (const int64_t n : shape) want += (want.size() > 1 ? ", " : "") + (n < 0 ? std::string("?") : std::to_string(n));
+    TORCH_CHECK(fits, op, ": ", name, " must be ", want, "], got shape ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == t, op, ": ", name, " must have embeds' dtype ", t, ", got ", x.scalar_type());
+    TORCH_CHECK(x.device() == e.device(), op, ": ", name, " must be on ", e.device(), ", got ", x.device());
+  };
+  check(in.cos, {batch, plen + levels - 1, dim}, "cos");
+  check(in.sin, {batch, plen + levels - 1, dim}, "sin");
+  const int64_t qkv_rows = (in.num_heads + 2 * in.num_kv_heads) * dim, attn_width = in.num_heads * dim;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const auto* w = in.layer_weights.data() + i * kLayerWeights;
+    const auto name = [&](const char* what) { return "layer " + std::to_string(i) + "'s " + what; };
+    check(w[0], {hidden}, name("input norm weight"));
+    check(w[1], {qkv_rows, hidden}, name("q|k|v weight (rows: (num_heads + 2 num_kv_heads) D)"));
+    check(w[2], {hidden, attn_width}, name("o weight"));
+    check(w[3], {hidden}, name("post-attention norm weight"));
+    check(w[4], {-1, hidden}, name("gate|up weight"));
+    TORCH_CHECK(w[4].size(0) % 2 == 0, op, ": ", name("gate|up weight"), " must have 2I rows, got ", w[4].size(0));
+    check(w[5], {hidden, w[4].size(0) / 2}, name("down weight"));
+    if (const auto b = in.layer_biases.get(2 * i); b.has_value()) check(*b, {qkv_rows}, name("q|k|v bias"));
+    if (const auto b = in.layer_biases.get(2 * i + 1); b.has_value()) check(*b, {hidden}, name("o bias"));
+  }
+  check(in.final_norm_weight, {hidden}, "final_norm_weight");
   int64_t tokens = 0;
   for (const int64_t k : in.level_sizes) tokens += k;
-  for (const auto& [name, w] : {std::pair<const char*, const at::Tensor&>{"head_weight", in.head_weight},
-                                {"sid_embedding", in.sid_embedding}}) {
-    TORCH_CHECK(w.dim() == 2 && w.size(0) == tokens && w.size(1) == hidden, op, ": ", name,
-                " must be [sum(level_sizes), H] = [", tokens, ", ", hidden, "], got shape ", w.sizes());
-    TORCH_CHECK(w.scalar_type() == t, op, ": ", name, " must have embeds' dtype ", t, ", got ", w.scalar_type());
-  }
-  TORCH_CHECK(!in.head_bias.has_value() || (in.head_bias->dim() == 1 && in.head_bias->size(0) == tokens), op,
-              ": head_bias must be [sum(level_sizes)] = [", tokens, "]");
+  check(in.head_weight, {tokens, hidden}, "head_weight ([sum(level_sizes), H])");
+  check(in.sid_embedding, {tokens, hidden}, "sid_embedding ([sum(level_sizes), H])");
+  if (in.head_bias.has_value()) check(*in.head_bias, {tokens}, "head_bias ([sum(level_sizes)])");
   TORCH_CHECK(static_cast<int64_t>(in.child_offsets.size()) == levels &&
                   static_cast<int64_t>(in.child_codes.size()) == levels,
               op, ": the trie must have one child_offsets / child_codes array per level (", levels, "), got ",
@@ -151,9 +171,8 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
               ": the trie's first depth must hold exactly the root (child_offsets[0] of 2 entries), got shape ",
               in.child_offsets[0].sizes());
   TORCH_CHECK(in.beam_width >= 1, op, ": beam_width must be >= 1, got ", in.beam_width);
-  for (const auto* x : {&in.prompt_mask, &in.cos, &in.sin, &in.head_weight, &in.sid_embedding}) {
-    TORCH_CHECK(x->device() == e.device(), op, ": all inputs must be on ", e.device(), ", got one on ", x->device());
-  }
+  TORCH_CHECK(in.prompt_mask.device() == e.device(), op, ": prompt_mask must be on ", e.device(), ", got ",
+              in.prompt_mask.device());
 }
 
 // Fewer rows than this per task cost more in task start-up than they save.

@@ -159,11 +159,27 @@ def test_opcheck_and_compile():
     (dict(cos=torch.zeros(2, 6, 8, dtype=torch.float64)), "cos must be \\[B, P \\+ L - 1, D\\] = \\[2, 8, D\\]"),
     (dict(layer_eps=[1e-6]), "layer_eps must hold 2 per layer \\(4\\), got 1"),
     (dict(num_kv_heads=3), "num_heads = 4 must be a positive multiple of num_kv_heads = 3"),
-    (dict(level_sizes=[4, 3, 6]), "head_weight must be \\[sum\\(level_sizes\\), H\\] = \\[13, 16\\]"),
+    (dict(level_sizes=[4, 3, 6]), "head_weight \\(\\[sum\\(level_sizes\\), H\\]\\) must be \\[13, 16\\]"),
+    (dict(final_norm_weight=torch.ones(15, dtype=torch.float64)), "final_norm_weight must be \\[16\\], got shape"),
+    (dict(sin=torch.zeros(2, 8, 8)), "sin must have embeds' dtype Double, got Float"),
     (dict(beam_width=0), "beam_width must be >= 1, got 0"),
 ])
 def test_bad_inputs_name_the_argument(change, message):
     args = make_inputs() | change
+    for fused in (True, False):
+        with pytest.raises(RuntimeError, match=message):
+            beam_search(**args, fused=fused)
+
+
+@pytest.mark.parametrize("index, shape, message", [
+    (2, (16, 31), "layer 0's o weight must be \\[16, 32\\], got shape \\[16, 31\\]"),
+    (10, (15, 16), "layer 1's gate\\|up weight must have 2I rows, got 15"),
+    (11, (16, 25), "layer 1's down weight must be \\[16, 24\\]"),
+])
+def test_bad_layer_weights_name_the_layer(index, shape, message):
+    args = make_inputs()
+    args["layer_weights"] = list(args["layer_weights"])
+    args["layer_weights"][index] = torch.zeros(shape, dtype=torch.float64)
     for fused in (True, False):
         with pytest.raises(RuntimeError, match=message):
             beam_search(**args, fused=fused)
