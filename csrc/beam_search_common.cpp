@@ -117,30 +117,36 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
   TORCH_CHECK(dim >= 2 && dim % 2 == 0, op, ": cos / sin must have an even head width D >= 2, got D = ", dim);
   // Every float tensor the search reads: its shape (-1: any size), embeds' dtype and device. The fused CPU
   // kernel reads them as raw buffers, so nothing may be left to the stage ops' own checks.
-  const auto check = [&](const at::Tensor& x, std::initializer_list<int64_t> shape, const std::string& name) {
+  // `layer` >= 0 names a layer's tensor; messages are built only on failure (a search checks ~20 tensors).
+  const auto check = [&](const at::Tensor& x, std::initializer_list<int64_t> shape, const char* name,
+                         int64_t layer = -1) {
     bool fits = x.dim() == static_cast<int64_t>(shape.size());
     for (int64_t i = 0; fits && i < x.dim(); ++i) fits = shape.begin()[i] < 0 || x.size(i) == shape.begin()[i];
-    std::string want = "[";
-    for (const int64_t n : shape) want += (want.size() > 1 ? ", " : "") + (n < 0 ? std::string("?") : std::to_string(n));
-    TORCH_CHECK(fits, op, ": ", name, " must be ", want, "], got shape ", x.sizes());
-    TORCH_CHECK(x.scalar_type() == t, op, ": ", name, " must have embeds' dtype ", t, ", got ", x.scalar_type());
-    TORCH_CHECK(x.device() == e.device(), op, ": ", name, " must be on ", e.device(), ", got ", x.device());
+    const auto where = [&] { return layer < 0 ? std::string() : "layer " + std::to_string(layer) + "'s "; };
+    const auto want = [&] {
+      std::string text = "[";
+      for (const int64_t n : shape) text += (text.size() > 1 ? ", " : "") + (n < 0 ? std::string("?") : std::to_string(n));
+      return text + "]";
+    };
+    TORCH_CHECK(fits, op, ": ", where(), name, " must be ", want(), ", got shape ", x.sizes());
+    TORCH_CHECK(x.scalar_type() == t, op, ": ", where(), name, " must have embeds' dtype ", t, ", got ",
+                x.scalar_type());
+    TORCH_CHECK(x.device() == e.device(), op, ": ", where(), name, " must be on ", e.device(), ", got ", x.device());
   };
   check(in.cos, {batch, plen + levels - 1, dim}, "cos");
   check(in.sin, {batch, plen + levels - 1, dim}, "sin");
   const int64_t qkv_rows = (in.num_heads + 2 * in.num_kv_heads) * dim, attn_width = in.num_heads * dim;
   for (int64_t i = 0; i < n_layers; ++i) {
     const auto* w = in.layer_weights.data() + i * kLayerWeights;
-    const auto name = [&](const char* what) { return "layer " + std::to_string(i) + "'s " + what; };
-    check(w[0], {hidden}, name("input norm weight"));
-    check(w[1], {qkv_rows, hidden}, name("q|k|v weight (rows: (num_heads + 2 num_kv_heads) D)"));
-    check(w[2], {hidden, attn_width}, name("o weight"));
-    check(w[3], {hidden}, name("post-attention norm weight"));
-    check(w[4], {-1, hidden}, name("gate|up weight"));
-    TORCH_CHECK(w[4].size(0) % 2 == 0, op, ": ", name("gate|up weight"), " must have 2I rows, got ", w[4].size(0));
-    check(w[5], {hidden, w[4].size(0) / 2}, name("down weight"));
-    if (const auto b = in.layer_biases.get(2 * i); b.has_value()) check(*b, {qkv_rows}, name("q|k|v bias"));
-    if (const auto b = in.layer_biases.get(2 * i + 1); b.has_value()) check(*b, {hidden}, name("o bias"));
+    check(w[0], {hidden}, "input norm weight", i);
+    check(w[1], {qkv_rows, hidden}, "q|k|v weight (rows: (num_heads + 2 num_kv_heads) D)", i);
+    check(w[2], {hidden, attn_width}, "o weight", i);
+    check(w[3], {hidden}, "post-attention norm weight", i);
+    check(w[4], {-1, hidden}, "gate|up weight", i);
+    TORCH_CHECK(w[4].size(0) % 2 == 0, op, ": layer ", i, "'s gate|up weight must have 2I rows, got ", w[4].size(0));
+    check(w[5], {hidden, w[4].size(0) / 2}, "down weight", i);
+    if (const auto b = in.layer_biases.get(2 * i); b.has_value()) check(*b, {qkv_rows}, "q|k|v bias", i);
+    if (const auto b = in.layer_biases.get(2 * i + 1); b.has_value()) check(*b, {hidden}, "o bias", i);
   }
   check(in.final_norm_weight, {hidden}, "final_norm_weight");
   int64_t tokens = 0;
