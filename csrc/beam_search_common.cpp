@@ -52,9 +52,7 @@ at::Tensor shared_prefix_attention(const at::Tensor& q, const at::Tensor& prefix
 
 using BeamStepResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-}  // namespace
-
-BeamStepResult beam_step_op(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
+BeamStepResult beam_step(const at::Tensor& logits, const at::Tensor& scores, const at::Tensor& nodes,
                          const at::Tensor& child_offsets, const at::Tensor& child_codes, int64_t beam_width,
                          bool constrained) {
   static const auto op = genrec_op<BeamStepResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
@@ -62,8 +60,6 @@ BeamStepResult beam_step_op(const at::Tensor& logits, const at::Tensor& scores, 
       "genrec::beam_step");
   return op.call(logits, scores, nodes, child_offsets, child_codes, beam_width, constrained);
 }
-
-namespace {
 
 struct Layer {
   const at::Tensor &input_norm, &qkv, &o, &post_norm, &gate_up, &down;
@@ -181,6 +177,12 @@ void check_beam_search_inputs(const BeamSearchInputs& in) {
               in.prompt_mask.device());
 }
 
+std::vector<int64_t> level_offsets(at::IntArrayRef level_sizes) {
+  std::vector<int64_t> offsets(level_sizes.size(), 0);
+  for (size_t l = 1; l < offsets.size(); ++l) offsets[l] = offsets[l - 1] + level_sizes[l - 1];
+  return offsets;
+}
+
 // Fewer rows than this per task cost more in task start-up than they save.
 constexpr int64_t kMinRowsPerTask = 16;
 
@@ -211,8 +213,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearch
   const int64_t heads = in.num_heads, kv_heads = in.num_kv_heads, dim = in.cos.size(2);
   const int64_t levels = static_cast<int64_t>(in.level_sizes.size()), width = in.beam_width;
   const int64_t n_layers = static_cast<int64_t>(layers.size());
-  std::vector<int64_t> level_offset(levels, 0);
-  for (int64_t l = 1; l < levels; ++l) level_offset[l] = level_offset[l - 1] + in.level_sizes[l - 1];
+  const auto level_offset = level_offsets(in.level_sizes);
   const auto level_logits = [&](const at::Tensor& h, int64_t l, std::optional<at::Tensor> out) {
     const auto w = in.head_weight.narrow(0, level_offset[l], in.level_sizes[l]);
     if (!in.head_bias.has_value()) return out ? at::mm_out(*out, h, w.t()) : at::mm(h, w.t());
@@ -265,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearch
   const int64_t steps = levels - 1;
   for (int64_t level = 0;; ++level) {
     auto [step_scores, step_codes, parents, step_nodes] =
-        beam_step_op(logits, scores, nodes, in.child_offsets[level], in.child_codes[level], width, in.constrained);
+        beam_step(logits, scores, nodes, in.child_offsets[level], in.child_codes[level], width, in.constrained);
     scores = step_scores;
     nodes = step_nodes;
     const auto safe_parents = parents.clamp_min(0);  // dead slots follow beam 0; their -inf score keeps them dead

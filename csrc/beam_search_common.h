@@ -2,10 +2,10 @@
 // SID level) as one op, shared by the CPU and CUDA backends. See the schema in genrec.cpp for the contract.
 //
 // Why one op: at serving sizes (one query, 50 beams of a small decoder) a search is ~100 stage calls whose
-// arithmetic takes a few microseconds each; from Python every call costs more than its work. Here the
-// stages are the genrec / ATen ops the Python decoder called, reached through the dispatcher from C++, and the
-// CPU backend runs a decode step's rows as independent tasks on all threads (a beam's row needs only its
-// query's prompt keys / values and its own), where ATen would split each small GEMM on its own.
+// arithmetic takes a few microseconds each; from Python every call costs more than its work. This file holds
+// what every backend shares: the inputs and their checks, the row tasks of a decode step, and the search
+// composed of the stage ops (genrec / ATen ops through the dispatcher), which CUDA runs and the CPU kernel
+// falls back to (cpu/beam_search.cpp has its fused pass).
 #pragma once
 
 #include <ATen/core/List.h>
@@ -59,13 +59,8 @@ void check_beam_search_inputs(const BeamSearchInputs& in);
 // the stage ops (any device). Checks its inputs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_impl(const BeamSearchInputs& in, const RowTaskRunner& runner);
 
-// genrec::beam_step through the dispatcher (the device's kernel).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> beam_step_op(const at::Tensor& logits,
-                                                                        const at::Tensor& scores,
-                                                                        const at::Tensor& nodes,
-                                                                        const at::Tensor& child_offsets,
-                                                                        const at::Tensor& child_codes,
-                                                                        int64_t beam_width, bool constrained);
+// Where each level's token block starts in head_weight / sid_embedding: the sums of the earlier level sizes.
+std::vector<int64_t> level_offsets(at::IntArrayRef level_sizes);
 
 // A run of decode rows: beams [w0, w0 + nw) of queries [b0, b0 + nb) (several whole queries, or part of one).
 struct RowTask {

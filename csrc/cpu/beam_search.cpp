@@ -13,8 +13,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "beam_search_common.h"
@@ -61,20 +63,17 @@ constexpr int64_t kMaxTaskRows = 256;
 
 // Row-major c[m, n] = beta c + a[m, k] w[n, k]^T (column-major BLAS: c^T = w a^T). Inside a parallel region
 // BLAS runs on the calling thread.
-void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, const float* w, float beta, float* c) {
+template <typename T>
+void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, const T* w, T beta, T* c) {
   if (m == 0) return;
   const char t = 'T', nt = 'N';
   const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const float alpha = 1;
-  sgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
-}
-
-void gemm_nt(int64_t m, int64_t n, int64_t k, const double* a, const double* w, double beta, double* c) {
-  if (m == 0) return;
-  const char t = 'T', nt = 'N';
-  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const double alpha = 1;
-  dgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
+  const T alpha = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    sgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
+  } else {
+    dgemm_(&t, &nt, &M, &N, &K, &alpha, w, &K, a, &K, &beta, c, &M);
+  }
 }
 
 // rows of c[m, n] = bias (then a GEMM adds onto it), or nothing to do without a bias.
@@ -88,11 +87,6 @@ T preset_bias(const T* bias, int64_t m, int64_t n, T* c) {
 template <typename T>
 const T* ptr(const at::Tensor& t) {
   return t.const_data_ptr<T>();
-}
-
-template <typename T>
-const T* ptr(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->const_data_ptr<T>() : nullptr;
 }
 
 // One layer's weights as raw pointers (the tensors are held, contiguous, by FusedSearch::held).
@@ -118,9 +112,11 @@ struct Scratch {
 template <typename T>
 struct FusedSearch {
   const BeamSearchInputs& in;
-  std::vector<at::Tensor> held;  // contiguous inputs whose pointers are used
+  std::deque<at::Tensor> held;  // contiguous inputs whose pointers are used (a deque: references stay valid)
   std::vector<LayerPtrs<T>> layers;
   int64_t batch, plen, hidden, heads, kv_heads, dim, group, levels, width, n_layers, qkv_width, attn_width, inner;
+  int64_t rotary_rows;  // per query: its P prompt positions and L - 1 decode positions
+  int64_t own_block;    // one beam's decoded keys / values: [layer][k|v][KV head][L - 1][D]
   T scale;
   const T *embeds, *cos, *sin, *final_norm, *head, *head_bias, *sid_embedding;
   const bool* mask;
@@ -135,8 +131,8 @@ struct FusedSearch {
     levels = static_cast<int64_t>(in.level_sizes.size()), width = in.beam_width;
     n_layers = static_cast<int64_t>(in.layer_weights.size()) / kLayerWeights;
     qkv_width = (heads + 2 * kv_heads) * dim, attn_width = heads * dim, inner = 0;
+    rotary_rows = plen + levels - 1, own_block = n_layers * 2 * kv_heads * (levels - 1) * dim;
     scale = static_cast<T>(in.scaling);
-    held.reserve(in.layer_weights.size() + 2 * n_layers + 2 * levels + 8);
     embeds = ptr<T>(hold(in.embeds)), cos = ptr<T>(hold(in.cos)), sin = ptr<T>(hold(in.sin));
     mask = hold(in.prompt_mask).template const_data_ptr<bool>();
     final_norm = ptr<T>(hold(in.final_norm_weight)), head = ptr<T>(hold(in.head_weight));
@@ -153,8 +149,7 @@ struct FusedSearch {
                         static_cast<T>(in.layer_eps[2 * i + 1]), w[4].size(0) / 2});
       inner = std::max(inner, layers.back().inner);
     }
-    level_offset.assign(levels, 0);
-    for (int64_t l = 1; l < levels; ++l) level_offset[l] = level_offset[l - 1] + in.level_sizes[l - 1];
+    level_offset = level_offsets(in.level_sizes);
     for (int64_t l = 0; l < levels; ++l) {
       const auto& offsets = hold(in.child_offsets[l]);
       const auto& codes = hold(in.child_codes[l]);
@@ -257,7 +252,7 @@ struct FusedSearch {
 
   // Every prompt through every layer (queries in parallel), building the panels; the level-0 logits [B, K_0].
   void prefill(std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
-    const int64_t k = in.level_sizes[0], rows_cos = plen + levels - 1;  // rotary rows per query
+    const int64_t k = in.level_sizes[0];
     logits_out.resize(batch * k);
     stats.resize(batch);
     at::parallel_for(0, batch, 1, [&](int64_t b0, int64_t b1) {
@@ -270,7 +265,7 @@ struct FusedSearch {
         std::copy_n(embeds + b * plen * hidden, plen * hidden, s.x.begin());
         for (int64_t i = 0; i < n_layers; ++i) {
           const auto& w = layers[i];
-          project_qkv(w, plen, s, [&](int64_t r) { return b * rows_cos + r; });
+          project_qkv(w, plen, s, [&](int64_t r) { return b * rotary_rows + r; });
           for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
             auto& p = panel(i, b, kvh) = cpu::PromptPanel<T>(plen, dim);
             const T* key = s.qkv.data() + (heads + kvh) * dim;
@@ -293,7 +288,6 @@ struct FusedSearch {
   void decode_step(int64_t t, const int64_t* parents, const int64_t* codes, const T* own, T* next_own,
                    std::vector<T>& logits_out, std::vector<cpu::RowStats<T>>& stats) {
     const int64_t steps = levels - 1, rows = batch * width, k = in.level_sizes[t + 1];
-    const int64_t own_block = n_layers * 2 * kv_heads * steps * dim, rows_cos = plen + levels - 1;
     logits_out.resize(rows * k);
     stats.resize(rows);
     // At least one task per thread, and tasks of at most ~kMaxTaskRows rows, whose scratch stays in cache.
@@ -318,7 +312,7 @@ struct FusedSearch {
         };
         for (int64_t layer = 0; layer < n_layers; ++layer) {
           const auto& w = layers[layer];
-          project_qkv(w, n, s, [&](int64_t i) { return (b0 + i / nw) * rows_cos + plen + t; });
+          project_qkv(w, n, s, [&](int64_t i) { return (b0 + i / nw) * rotary_rows + plen + t; });
           for (int64_t i = 0; i < n; ++i) {
             for (int64_t kvh = 0; kvh < kv_heads; ++kvh) {
               const T* key = s.qkv.data() + i * qkv_width + (heads + kvh) * dim;
@@ -348,7 +342,6 @@ struct FusedSearch {
     // Each beam's codes so far, [B, W_in, L], and each beam's decoded keys / values, [B W][layer][k|v][KV head]
     // [step][D]: a beam's whole block is contiguous, so following a parent is one copy.
     std::vector<int64_t> history(batch * levels), next_history(batch * width * levels);
-    const int64_t own_block = n_layers * 2 * kv_heads * (levels - 1) * dim;
     // Uninitialised (a slot is written before it is read): at many queries these are megabytes.
     std::unique_ptr<T[]> own(new T[batch * width * own_block]), next_own(new T[batch * width * own_block]);
     int64_t beams_in = 1;

@@ -1,6 +1,6 @@
 """Point-wise beam search over SIDs (paper §2.2), as one ``genrec::beam_search`` call: prefill the prompt
-once, then per SID level one ``genrec::beam_step``; the beams of a query share the prompt's keys and values,
-and only the decoded tokens' keys and values are per beam (reordered by parent beam).
+once, then per SID level one beam step and one decode step; the beams of a query share the prompt's keys and
+values, and only the decoded tokens' keys and values are per beam (following their parent beam).
 
 * constrained: each step keeps only codes that continue a valid SID (the trie), so every result is an item;
 * unconstrained: any code of the level's block, to measure how often the model hallucinates SIDs (HaR).
@@ -36,7 +36,9 @@ def level_logits(model: GenRecModel, hidden: Tensor, level: int) -> Tensor:
 # Rotary variants whose tables depend only on the position (transformers' "dynamic" kinds rescale with the
 # sequence length, so their tables are made per search).
 _STATIC_ROPE = frozenset({"default", "linear", "llama3", "yarn"})
-# (model, prompt width, levels, device, dtype) -> the rotary tables of each prompt length, with the key's sources
+# model -> {(prompt width, levels, device, dtype, inv_freq's storage and version): (inv_freq, cos, sin)}, one
+# entry per width like the model's prompt tables; holding inv_freq keeps its memory from being reused by a new
+# buffer that would then match the key.
 _ROTARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -61,9 +63,9 @@ def search_inputs(model: GenRecModel, history: Tensor, history_len: Tensor) -> d
                rotary.inv_freq._version)
         tables = _ROTARY.setdefault(model, {})
         if key not in tables:
-            tables.clear()  # one width at a time is the common case; never grow without bound
-            tables[key] = _rotary_tables(model, model.prompt_tables(items.shape[1], items.device)[2], embeds.dtype)
-        cos, sin = (t.index_select(0, n_items) for t in tables[key])
+            positions_table = model.prompt_tables(items.shape[1], items.device)[2]
+            tables[key] = (rotary.inv_freq, *_rotary_tables(model, positions_table, embeds.dtype))
+        cos, sin = (t.index_select(0, n_items) for t in tables[key][1:])
     else:
         cos, sin = _rotary_tables(model, positions, embeds.dtype)
     return dict(embeds=embeds, prompt_mask=mask, cos=cos, sin=sin, level_sizes=model.vocab.level_sizes,

@@ -31,8 +31,13 @@ def nvtx_range(name: str) -> Iterator[None]:
         yield
 
 
+def wants_grad(tensors) -> bool:
+    """Whether autograd would record an op on these tensors (None entries allowed)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def refuse_grad(op: str, tensors) -> None:
     """Inference-only ops have no backward: refuse inputs that want a gradient rather than silently cut it."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    if wants_grad(tensors):
         raise RuntimeError(f"{op} is inference-only (no backward); run it under torch.no_grad(), or use the "
                            "model's forward for training")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._nvtx import nvtx_range
+from ._nvtx import nvtx_range, wants_grad
 
 _OP = "genrec::token_merge"
 
@@ -78,8 +78,7 @@ def token_merge(
         ``[B, N, d_out]`` in the dtype of ``embedding``.
     """
     with nvtx_range(_OP):
-        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (embedding, weight, bias))
-        if wants_grad or torch.compiler.is_compiling():
+        if wants_grad((embedding, weight, bias)) or torch.compiler.is_compiling():
             return torch.ops.genrec.token_merge(sid_tokens, embedding, weight, bias, pad_id)
         # No gradient wanted: past the registered (Python) autograd wrapper straight to the kernel; the wrapper
         # costs ~12 us a call, a fifth of a serving-size merge (one query's history).

@@ -96,7 +96,7 @@ class SIDTrie:
 
     def items_of(self, leaves: Tensor) -> Tensor:
         """Item index of each leaf node in ``leaves`` (``-1`` stays ``-1``: a dead beam slot)."""
-        if self._padded_leaf_items is None or self._padded_leaf_items.device != self.leaf_items.device:
+        if self._padded_leaf_items is None:
             self._padded_leaf_items = torch.cat([self.leaf_items.new_full((1,), -1), self.leaf_items])
         return self._padded_leaf_items.take(leaves + 1)  # take: no advanced-indexing machinery per search
 
