@@ -103,10 +103,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def train(ds, out, *, model_seed=0, resume=False, callback=None, **config):
+def train(ds, out, *, model_seed=0, resume=False, callback=None, validate=None, **config):
     model = build_model("tiny", ds.vocab, seed=model_seed)
     result = train_sft(model, ds, SFTConfig(out_dir=str(out), **config), resume=resume, progress=False,
-                       callback=callback)
+                       callback=callback, validate=validate)
     return model, result
 
 
@@ -407,6 +407,50 @@ def test_fresh_run_will_not_mix_into_an_old_runs_checkpoints(page_ds, tmp_path):
     assert result.step == 2 and result.resumed_from is None
     _, again = train(page_ds, tmp_path, resume=True, global_batch_size=8, max_steps=2)  # already finished
     assert again.resumed_from == 2 and again.step == 2 and again.loss == result.loss
+
+
+# ------------------------------------------------------------------------------------- model selection
+
+
+class ScriptedValidation:
+    """A validate function that returns scripted scores per call and keeps a copy of the weights it saw."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def __call__(self, model):
+        assert not model.training  # validation runs in eval mode
+        self.seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"NDCG@10": self.scores[len(self.seen) - 1], "HR@10": 0.5}
+
+
+def test_validation_selects_the_best_weights_and_stops_early(page_ds, tmp_path):
+    # validated every 2 steps; best at the 2nd validation (step 4), then 2 without improvement -> stop at step 8
+    scripted = ScriptedValidation([0.1, 0.3, 0.2, 0.25, 0.9])
+    model, result = train(page_ds, tmp_path, global_batch_size=8, max_steps=20, eval_every=2, patience=2,
+                          validate=scripted)
+    assert result.stopped_early and result.step == 8 and len(scripted.seen) == 4
+    assert result.best["step"] == 4 and result.best["value"] == 0.3 and result.best["metrics"]["HR@10"] == 0.5
+    assert_same_weights(model.state_dict(), scripted.seen[1], atol=0)  # the caller's model holds the selection
+    saved = type(model).from_pretrained(result.model_dir)
+    assert_same_weights(saved.state_dict(), scripted.seen[1], atol=0)
+    records = [r for r in read_metrics(result.metrics_path) if "valid/NDCG@10" in r]
+    assert [r["step"] for r in records] == [2, 4, 6, 8] and records[-1]["best/step"] == 4
+    # a stopped run resumed stays stopped with the same selection
+    again_model, again = train(page_ds, tmp_path, resume=True, global_batch_size=8, max_steps=20, eval_every=2,
+                               patience=2, validate=ScriptedValidation([]))
+    assert again.stopped_early and again.step == 8 and again.best == result.best
+    assert_same_weights(again_model.state_dict(), scripted.seen[1], atol=0)
+
+
+def test_validation_once_per_epoch_by_default_and_unknown_metric(page_ds, tmp_path):
+    per_epoch = len(page_ds) // 64
+    scripted = ScriptedValidation([0.1, 0.2, 0.3, 0.4])
+    _, result = train(page_ds, tmp_path / "a", global_batch_size=64, epochs=2, validate=scripted)
+    assert len(scripted.seen) == 2 and result.best["step"] == 2 * per_epoch and not result.stopped_early
+    with pytest.raises(ValueError, match=r"select_metric 'HR@5' is not among"):
+        train(page_ds, tmp_path / "b", global_batch_size=16, max_steps=2, eval_every=1, select_metric="HR@5",
+              validate=ScriptedValidation([0.1]))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -150,6 +151,91 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> dict:
+    """``--config`` YAML, then every ``--set key=value`` (dotted keys nest: ``sft.epochs=5``)."""
+    import yaml
+
+    values = yaml.safe_load(open(args.config)) if args.config else {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"--config {args.config} must hold a mapping of settings")
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected key=value")
+        *parents, leaf = key.split(".")
+        node = values
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def _baseline_task(args: argparse.Namespace):
+    from genrec_ext.experiments import SYNTHETIC, synthetic_task
+    from genrec_ext.baselines import load_task
+
+    if args.data == SYNTHETIC:
+        return synthetic_task(max_history=args.max_history, sid={"codebook_size": 64}, progress=not args.quiet)
+    return load_task(args.data, sids=args.sids, max_history=args.max_history, progress=not args.quiet)
+
+
+def _cmd_baseline_list(args: argparse.Namespace) -> int:
+    from genrec_ext.baselines import RECOMMENDERS
+
+    for name, cls in RECOMMENDERS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<14} {'generative' if cls.generative else 'item-level':<11} {doc}")
+    return 0
+
+
+def _cmd_baseline_train(args: argparse.Namespace) -> int:
+    from genrec_ext import baselines as B
+    from genrec_ext.eval import format_table, write_report
+
+    try:
+        rec = B.make(args.name, _settings(args))
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    task = _baseline_task(args)
+    report = rec.fit(task, out_dir=Path(args.out) / "train", progress=not args.quiet)
+    rec.save(args.out)
+    selected = {k: v for k, v in report.selected.items() if k != "history"}
+    print(f"{args.name}: fitted in {report.seconds:.1f} s; selected on validation: {selected}; saved to {args.out}")
+    valid = B.evaluate_recommender(rec, task, "valid", progress=not args.quiet)
+    print(format_table({f"{args.name} (valid)": valid}))
+    write_report({f"{args.name} (valid)": valid}, args.out, "valid")
+    return 0
+
+
+def _cmd_baseline_eval(args: argparse.Namespace) -> int:
+    from genrec_ext import baselines as B
+    from genrec_ext.eval import format_table, write_report
+
+    task = _baseline_task(args)
+    rec = B.load_recommender(args.model, task)
+    metrics = B.evaluate_recommender(rec, task, args.split, progress=not args.quiet)
+    label = f"{rec.name} ({args.split})"
+    print(format_table({label: metrics}))
+    md, js = write_report({label: metrics}, args.out, f"eval_{args.split}")
+    print(f"report: {md}, {js}")
+    return 0
+
+
+def _cmd_experiment_table1(args: argparse.Namespace) -> int:
+    from genrec_ext.experiments import format_summary, run_table1
+
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    rows = args.rows.split(",") if args.rows else None
+    try:
+        summary = run_table1(args.data, args.out, seeds=seeds, sids=args.sids, rows=rows, smoke=args.smoke,
+                             progress=not args.quiet)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    print(format_summary(summary))
+    print(f"tables and plot in {args.out} (table1.md, table1.json, table1_loss.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrec", description="GenRec: page-wise generative recommendation with fused PyTorch ops."
@@ -231,6 +317,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval", help="report directory (Markdown + JSON)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    base = sub.add_parser("baseline", help="baselines and GenRec rows through one harness").add_subparsers(
+        dest="baseline_command", metavar="SUBCOMMAND", required=True)
+    p = base.add_parser("list", help="the recommenders of the harness")
+    p.set_defaults(func=_cmd_baseline_list)
+    for command in ("train", "eval"):
+        p = base.add_parser(command, help="fit NAME (selected on validation) and save it" if command == "train"
+                            else "evaluate a saved recommender on a split")
+        if command == "train":
+            p.add_argument("name", help="recommender (genrec baseline list)")
+            p.add_argument("--out", required=True, help="directory for the fitted recommender and its report")
+            p.add_argument("--config", help="YAML file of settings")
+            p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help="a setting (repeatable; dotted keys nest, e.g. sft.epochs=5)")
+            p.set_defaults(func=_cmd_baseline_train)
+        else:
+            p.add_argument("--model", required=True, help="directory written by genrec baseline train")
+            p.add_argument("--split", choices=["test", "valid"], default="test")
+            p.add_argument("--out", default="eval", help="report directory")
+            p.set_defaults(func=_cmd_baseline_eval)
+        p.add_argument("--data", required=True, help="'synthetic', an LC-Rec directory or a page-log directory")
+        p.add_argument("--sids", help="SID table directory (generative recommenders)")
+        p.add_argument("--max-history", type=int, default=20)
+        p.add_argument("--quiet", action="store_true")
+
+    exp = sub.add_parser("experiment", help="the paper's tables").add_subparsers(
+        dest="experiment_command", metavar="SUBCOMMAND", required=True)
+    p = exp.add_parser("table1", help="GenRec, its ablations and the baselines, >= 3 seeds, mean ± std")
+    p.add_argument("--data", required=True, help="'synthetic' or an LC-Rec directory")
+    p.add_argument("--sids", help="SID table directory (default: built from the item text, cached in --out)")
+    p.add_argument("--out", required=True, help="experiment directory (re-run to resume)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated model seeds")
+    p.add_argument("--rows", help="comma-separated subset of rows (e.g. genrec,sasrec)")
+    p.add_argument("--smoke", action="store_true", help="CI-sized budgets")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_experiment_table1)
 
     p = sub.add_parser("recommend", help="top-K items for one user history")
     p.add_argument("--model", required=True)

@@ -38,6 +38,7 @@ from .samples import (
     Splits,
     build_page_samples,
     time_split,
+    user_sequences,
 )
 from .sources import load_splits
 from .synthetic import SyntheticConfig, SyntheticData, generate_synthetic
@@ -47,5 +48,5 @@ __all__ = [
     "BuildReport", "InteractionLog", "ItemCatalog", "PageSamples", "Ragged", "Sample", "SampleStats", "Skipped",
     "Splits", "SyntheticConfig", "SyntheticData", "UnknownItemError",
     "action_codes", "build_page_samples", "generate_synthetic", "load_lcrec", "load_lcrec_catalog", "load_splits",
-    "read_log_table", "read_logs", "time_split",
+    "read_log_table", "read_logs", "time_split", "user_sequences",
 ]

@@ -464,3 +464,35 @@ def time_split(samples: PageSamples, *, test_days: int = 1, valid_days: int = 0,
 
     return Splits(part(-np.inf, valid_from), part(valid_from, test_from), part(test_from, np.inf),
                   valid_start=valid_from * day_seconds, test_start=test_from * day_seconds)
+
+
+def user_sequences(samples: PageSamples) -> tuple[np.ndarray, Ragged]:
+    """Each user's positive items in time order as ``samples`` know them: ``(user int64 [U], Ragged)``.
+
+    A user's sequence is the click/order stream their latest sample's history was cut from (from the start of
+    their earliest sample's history, so ``max_history`` caps no sequence unless a user's first sample already
+    had a capped history), followed by that latest sample's positives. For LC-Rec training samples this is
+    the sequence up to (not including) the validation item; for page logs, every click and order up to the
+    split's last page. This is what item-ID models such as SASRec train on, all positions in one pass.
+    """
+    if len(samples) == 0:
+        return np.zeros(0, dtype=np.int64), Ragged.from_lengths(np.zeros(0, dtype=np.int64), np.zeros(0, np.int64))
+    order = np.lexsort((samples.history.end, samples.user))
+    user_sorted = samples.user[order]
+    first = np.flatnonzero(np.r_[True, user_sorted[1:] != user_sorted[:-1]])
+    last = np.r_[first[1:], len(order)] - 1
+    users = user_sorted[first]
+    h_start = np.minimum.reduceat(samples.history.start[order], first)
+    latest = order[last]
+    h_end = samples.history.end[latest]
+    p_start, p_end = samples.positives.start[latest], samples.positives.end[latest]
+    h_off, h_idx = _gather_ranges(h_start, h_end)
+    p_off, p_idx = _gather_ranges(p_start, p_end)
+    lh, lp = np.diff(h_off), np.diff(p_off)
+    out_off = _offsets(lh + lp)
+    values = np.empty(int(out_off[-1]), dtype=np.int64)
+    row_h = np.repeat(np.arange(len(users)), lh)
+    row_p = np.repeat(np.arange(len(users)), lp)
+    values[out_off[:-1][row_h] + np.arange(len(h_idx)) - h_off[:-1][row_h]] = samples.history.values[h_idx]
+    values[out_off[:-1][row_p] + lh[row_p] + np.arange(len(p_idx)) - p_off[:-1][row_p]] = samples.positives.values[p_idx]
+    return users, Ragged(_readonly(values), out_off[:-1], out_off[1:])

@@ -27,9 +27,12 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = True
     token_merger: bool = True  # False: the "w/o TM" ablation, L prompt tokens per history item
+    dropout: float = 0.0  # training only: on the decoder's input vectors and on attention weights
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must divide by num_heads ({self.num_heads}) and "
                              f"num_heads by num_kv_heads ({self.num_kv_heads})")

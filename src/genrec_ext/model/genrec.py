@@ -72,6 +72,7 @@ class GenRecModel(nn.Module):
         self.merger = (TokenMerger(embedding.num_embeddings, hidden, vocab.levels, hidden,
                                    pad_id=token_offset + PAD, embedding=embedding) if config.token_merger else None)
         self._prompt_tables_cache: dict = {}  # (history width, device) -> prompt layout tables
+        self.input_dropout = nn.Dropout(config.dropout)
 
     # ---- construction ------------------------------------------------------------------------------
     @classmethod
@@ -85,14 +86,15 @@ class GenRecModel(nn.Module):
             h = backbone.config
             config = ModelConfig(h.hidden_size, h.num_hidden_layers, h.num_attention_heads, h.num_key_value_heads,
                                  h.intermediate_size, h.max_position_embeddings, _rope_theta(h),
-                                 h.tie_word_embeddings, config.token_merger, config.checkpoint)
+                                 h.tie_word_embeddings, config.token_merger, config.dropout, config.checkpoint)
+            backbone.config.attention_dropout = config.dropout
             return cls(config, vocab, backbone, offset)
         hf = Qwen2Config(
             vocab_size=vocab.size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
             num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
             intermediate_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
             rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
-            bos_token_id=BOS, eos_token_id=2, pad_token_id=PAD,
+            bos_token_id=BOS, eos_token_id=2, pad_token_id=PAD, attention_dropout=config.dropout,
         )
         hf._attn_implementation = "sdpa"
         return cls(config, vocab, Qwen2ForCausalLM(hf))
@@ -186,7 +188,7 @@ class GenRecModel(nn.Module):
 
     def forward(self, batch: SFTBatch) -> SFTOutput:
         lay = self.layout(batch)
-        hidden = self.hidden_states(lay.inputs_embeds, lay.attention_mask)
+        hidden = self.hidden_states(self.input_dropout(lay.inputs_embeds), lay.attention_mask)
         logits = self.token_logits(hidden[lay.label_mask])
         loss = F.cross_entropy(logits.float(), lay.labels)
         return SFTOutput(loss, int(lay.labels.numel()), int(lay.attention_mask.sum()))
@@ -228,11 +230,14 @@ class GenRecModel(nn.Module):
 
 
 def build_model(preset: str | Path | ModelConfig = "tiny", vocab: SIDVocab | None = None, *,
-                token_merger: bool | None = None, seed: int = 0) -> GenRecModel:
-    """A fresh GenRec model: ``preset`` is a preset name, a YAML path or a :class:`ModelConfig`."""
+                token_merger: bool | None = None, seed: int = 0, **overrides) -> GenRecModel:
+    """A fresh GenRec model: ``preset`` is a preset name, a YAML path or a :class:`ModelConfig`; ``overrides``
+    replace its fields (e.g. ``dropout=0.1``)."""
     if vocab is None:
         raise ValueError("build_model needs the SID vocabulary (SIDVocab(table.level_sizes))")
     config = preset if isinstance(preset, ModelConfig) else ModelConfig.load(preset)
     if token_merger is not None:
-        config = ModelConfig(**{**config.to_dict(), "token_merger": token_merger})
+        overrides["token_merger"] = token_merger
+    if overrides:
+        config = ModelConfig(**{**config.to_dict(), **overrides})
     return GenRecModel.build(config, vocab, seed=seed)

@@ -25,6 +25,14 @@ Scale-out
     FSDP2 (see :mod:`.distributed`). Without torchrun it is one plain process. Rank 0 alone logs and writes
     checkpoints (gathered to full, unsharded state dicts), metrics and the final model.
 
+Model selection
+    With a ``validate(model) -> {metric: value}`` function (e.g. HR/NDCG of a beam search on the validation
+    split), rank 0 validates every ``eval_every`` optimiser steps (default: once per epoch) and at the end,
+    logs the metrics (``valid/<metric>`` records in ``metrics.jsonl``), keeps the weights with the best
+    ``select_metric`` and stops early after ``patience`` validations without improvement. The saved model and
+    the model object returned to the caller then hold the *selected* weights, not the last ones. The best
+    weights travel in checkpoints, so ``--resume`` keeps the selection. Not with FSDP (rank 0 alone validates).
+
 Outputs under ``out_dir``
     ``config.json``, ``metrics.jsonl`` (one record per log step), ``loss.png``, ``checkpoints/step_*.pt``
     (every ``checkpoint_every`` steps and at the end, written atomically, the newest ``keep_checkpoints``
@@ -97,6 +105,10 @@ class SFTConfig:
     tensorboard: bool = False  # also write TensorBoard scalars (if the package is installed)
     plot: bool = True  # write loss.png at the end
     overwrite: bool = False  # a fresh run (resume=False) may replace an out_dir that holds checkpoints
+    # model selection (used when train_sft gets a `validate` function)
+    eval_every: int = 0  # optimiser steps between validations; 0 = once per epoch
+    select_metric: str = "NDCG@10"  # higher is better
+    patience: int = 0  # validations without improvement before stopping early; 0 = never
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
@@ -113,6 +125,8 @@ class SFTConfig:
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
             (self.parallel in ("ddp", "fsdp"), f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}"),
             (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
+            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -147,6 +161,8 @@ class TrainResult:
     elapsed: float  # seconds of training, resumed runs included
     resumed_from: int | None = None  # the step of the checkpoint this run resumed from
     history: list[dict[str, Any]] = field(default_factory=list)  # the records this run logged (rank 0)
+    best: dict[str, Any] | None = None  # with validation: {"step", "value", "metrics"} of the selected weights
+    stopped_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,21 +281,27 @@ def _prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 # ------------------------------------------------------------------------------------------- the loop
 
 
+Validate = Callable[[nn.Module], Mapping[str, float]]
+
+
 def train_sft(model: nn.Module, dataset: torch.utils.data.Dataset, config: SFTConfig | None = None, *,
               resume: bool = False, progress: bool = True,
-              callback: Callable[[int, dict[str, Any] | None], None] | None = None) -> TrainResult:
+              callback: Callable[[int, dict[str, Any] | None], None] | None = None,
+              validate: Validate | None = None) -> TrainResult:
     """Train ``model`` (a GenRecModel: ``forward(SFTBatch) -> SFTOutput``) on ``dataset`` (an SFTDataset).
 
     ``resume=True`` continues from the newest checkpoint in ``config.out_dir`` (model, optimiser, scheduler,
     RNG states, step; the data position follows from the step) or starts fresh when there is none; the model's
     SID vocabulary must match the checkpoint's. ``callback(step, record)`` runs on every rank after each
     optimiser step (``record`` is the logged metrics on log steps, else ``None``). Returns a
-    :class:`TrainResult`; the final model is in ``<out_dir>/model`` (``save_pretrained``)."""
+    :class:`TrainResult`; the final model is in ``<out_dir>/model`` (``save_pretrained``). With ``validate``
+    (see "Model selection" above) that model, and ``model`` itself, hold the weights selected on it."""
     config = config or SFTConfig()
     info = D.init_distributed(config.device)
     try:
         with _hf_progress_bars(progress and info.is_main):
-            return _train(model, dataset, config, info, resume=resume, progress=progress, callback=callback)
+            return _train(model, dataset, config, info, resume=resume, progress=progress, callback=callback,
+                          validate=validate)
     finally:
         D.cleanup(info)
 
@@ -302,10 +324,55 @@ def _hf_progress_bars(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
+class _Selection:
+    """Validation-based model selection on rank 0: the best weights so far (CPU copies), their metrics, and
+    the count of validations since the last improvement."""
+
+    def __init__(self, validate: Validate | None, config: SFTConfig, steps_per_epoch: int) -> None:
+        self.validate, self.metric, self.patience = validate, config.select_metric, config.patience
+        self.every = config.eval_every or steps_per_epoch
+        self.best: dict[str, Any] | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.waited = 0
+
+    def run(self, model: nn.Module, step: int) -> tuple[dict[str, Any], bool]:
+        """Validate ``model`` (rank 0); returns the log record and whether to stop early."""
+        was_training = model.training
+        model.eval()
+        try:
+            metrics = {k: float(v) for k, v in self.validate(model).items()}
+        finally:
+            model.train(was_training)
+        if self.metric not in metrics:
+            raise ValueError(f"select_metric {self.metric!r} is not among the validation metrics {sorted(metrics)}")
+        value = metrics[self.metric]
+        if self.best is None or value > self.best["value"]:
+            self.best = {"step": step, "value": value, "metrics": metrics}
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.waited = 0
+        else:
+            self.waited += 1
+        record = {"step": step, **{f"valid/{k}": v for k, v in metrics.items()},
+                  f"best/{self.metric}": self.best["value"], "best/step": self.best["step"]}
+        return record, bool(self.patience and self.waited >= self.patience)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.best is None:
+            return None
+        return {"best": self.best, "weights": self.state, "waited": self.waited}
+
+    def load_state_dict(self, saved: dict[str, Any] | None) -> None:
+        if saved:
+            self.best, self.state, self.waited = saved["best"], saved["weights"], int(saved["waited"])
+
+
 def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool, progress: bool,
-           callback) -> TrainResult:
+           callback, validate: Validate | None) -> TrainResult:
     out = Path(config.out_dir)
     plan = BatchPlan.make(len(dataset), config, info.world_size)
+    if validate is not None and config.parallel == "fsdp" and info.world_size > 1:
+        raise ValueError("validation-based model selection needs the whole model on rank 0: use parallel='ddp' "
+                         "(or no validate function) with FSDP")
     level_sizes = _vocab_level_sizes(model)
     data_vocab = getattr(dataset, "vocab", None)
     if data_vocab is not None and [int(k) for k in data_vocab.level_sizes] != level_sizes:
@@ -352,8 +419,11 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                                   eps=config.eps)
     scheduler = warmup_cosine_scheduler(optimizer, plan.total_steps, config.warmup_ratio, config.min_lr_ratio)
 
-    start_step, elapsed_before = 0, 0.0
+    start_step, elapsed_before, stopped_early = 0, 0.0, False
+    selection = _Selection(validate if info.is_main else None, config, plan.steps_per_epoch)
     if state is not None:
+        selection.load_state_dict(state.get("selection"))
+        stopped_early = bool(state.get("stopped_early"))
         D.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         schedule = WarmupCosine(plan.total_steps, config.warmup_ratio, config.min_lr_ratio)
@@ -405,7 +475,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     batches = iter(loader)
     model.train()
     try:
-        for step in range(start_step, plan.total_steps):
+        for step in range(start_step, start_step if stopped_early else plan.total_steps):
             micro: list[SFTBatch] = [next(batches) for _ in range(plan.grad_accum)]
             counts = [int(b.target_len.sum()) for b in micro]  # on the CPU tensors: no device sync
             tokens = torch.tensor([float(sum(counts))], dtype=torch.float64, device=device)
@@ -438,7 +508,8 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
             bar.update(1)
 
             record = None
-            if done % config.log_every == 0 or done == plan.total_steps:
+            validating = validate is not None and (done % selection.every == 0 or done == plan.total_steps)
+            if done % config.log_every == 0 or done == plan.total_steps or validating:
                 stats = D.all_reduce_sum(window.clone(), info).tolist()
                 now = time.perf_counter()
                 seconds = max(now - window_start, 1e-9)
@@ -457,17 +528,34 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                 window.zero_()
                 window_start = time.perf_counter()
 
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == plan.total_steps:
+            if validating:
+                decision = None
+                if info.is_main:
+                    valid_record, stop = selection.run(D.unwrap(model), done)
+                    logger.log(valid_record)
+                    history.append(valid_record)
+                    bar.set_postfix(loss=f"{last_loss:.4f}" if last_loss is not None else "-",
+                                    **{config.select_metric: f"{selection.best['value']:.4f}"})
+                    decision = stop
+                stopped_early = bool(D.broadcast_object(decision, info))
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == plan.total_steps \
+                    or stopped_early:
                 path = _checkpoint(model, optimizer, scheduler, config, plan, info, out, done, level_sizes,
-                                   elapsed_before + (time.perf_counter() - run_start), last_loss)
+                                   elapsed_before + (time.perf_counter() - run_start), last_loss,
+                                   {"selection": selection.state_dict(), "stopped_early": stopped_early})
                 last_ckpt = path if info.is_main else None
             if callback is not None:
                 callback(done, record)
+            if stopped_early:
+                break
+        else:
+            done = start_step if stopped_early else plan.total_steps
     finally:
         bar.close()
         logger.close()
-    done = plan.total_steps
     elapsed = elapsed_before + (time.perf_counter() - run_start)
+    if selection.state is not None:  # rank 0 returns and saves the selected weights
+        D.unwrap(model).load_state_dict(selection.state)
 
     # ---- the final model (gathered under FSDP) and the loss curve
     full_state = None
@@ -481,16 +569,18 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                                          title=f"SFT training loss ({out.name})")
         if last_loss is None:  # resumed a finished run: report what it logged
             records = read_metrics(out / METRICS_FILE) if (out / METRICS_FILE).exists() else []
-            last_loss = records[-1]["loss"] if records else None
+            losses = [r["loss"] for r in records if "loss" in r]
+            last_loss = losses[-1] if losses else None
     D.barrier(info)
     return TrainResult(step=done, total_steps=plan.total_steps, epoch=done / plan.steps_per_epoch, loss=last_loss,
                        out_dir=out, model_dir=model_dir, checkpoint=last_ckpt, metrics_path=out / METRICS_FILE,
                        plot_path=plot_path, elapsed=elapsed, resumed_from=start_step if resume_path else None,
-                       history=history)
+                       history=history, best=selection.best, stopped_early=stopped_early)
 
 
 def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan, info: D.DistInfo, out: Path,
-                step: int, level_sizes: list[int], elapsed: float, last_loss: float | None) -> Path | None:
+                step: int, level_sizes: list[int], elapsed: float, last_loss: float | None,
+                extra: dict[str, Any] | None = None) -> Path | None:
     """Collect the state on every rank (collectives), write it on rank 0."""
     rng = D.all_gather_object(ckpt.capture_rng_state(), info)
     model_state, optim_state = D.full_state_dicts(model, optimizer)
@@ -501,6 +591,6 @@ def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan,
         "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng,
         "epoch": epoch, "position": position, "total_steps": plan.total_steps, "dataset_size": plan.dataset_size,
         "world_size": info.world_size, "vocab_level_sizes": level_sizes, "config": config.to_dict(),
-        "model_class": type(D.unwrap(model)).__name__, "elapsed": elapsed, "loss": last_loss,
+        "model_class": type(D.unwrap(model)).__name__, "elapsed": elapsed, "loss": last_loss, **(extra or {}),
     }
     return ckpt.save_checkpoint(out / ckpt.CHECKPOINT_DIR, step, state, keep_last=config.keep_checkpoints)

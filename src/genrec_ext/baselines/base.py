@@ -1,0 +1,181 @@
+"""One harness for every recommender: the task it sees, what it returns, and how it is scored.
+
+A :class:`Task` is one dataset split three ways (train / validation / test) with its item catalogue, and,
+where they exist, the SID table (generative recommenders) and the synthetic generator's truth (Oracle). A
+:class:`Recommender` is fitted on the task's training split (selecting its model on the validation split,
+never the test split) and then returns the top-K items of any split's queries; :func:`evaluate_recommender`
+scores those with :mod:`genrec_ext.eval`, so every row of a table is measured the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from ..data import ItemCatalog, PageSamples, Splits
+from ..eval import DEFAULT_KS, evaluate
+from ..sid import SIDTable
+
+Split = Literal["train", "valid", "test"]
+META_FILE = "recommender.json"
+
+
+@dataclass(eq=False)
+class Task:
+    """A dataset as every recommender sees it.
+
+    Attributes:
+        catalog: the items; recommendations are dense indices into it.
+        splits: train / validation / test page samples (leave-one-out for LC-Rec data, last day for logs).
+        max_history: the history cap of the samples (item-ID models use it as their sequence length).
+        table: the SID table of the catalogue (needed by generative recommenders).
+        world: the synthetic generator's output when the data is synthetic (the Oracle reads its truth).
+        repage: for sequence data, ``repage(k)`` gives the same splits with training pages of the next ``k``
+            items (page-wise targets on sequence data); ``None`` when pages are intrinsic (page logs).
+        name: a label for reports.
+    """
+
+    catalog: ItemCatalog
+    splits: Splits
+    max_history: int
+    table: SIDTable | None = None
+    world: Any = None  # data.SyntheticData
+    repage: Callable[[int], Splits] | None = None
+    name: str = "data"
+    _pages: dict[int, Splits] = field(default_factory=dict, repr=False)
+
+    def split(self, name: Split) -> PageSamples:
+        if name not in ("train", "valid", "test"):
+            raise ValueError(f"split must be 'train', 'valid' or 'test', got {name!r}")
+        return getattr(self.splits, name)
+
+    @cached_property
+    def popularity(self) -> np.ndarray:
+        """Positives per item in the training split (MostPop's score, the long-tail share's reference)."""
+        train = self.splits.train
+        return np.bincount(train.positives.to_csr()[1], minlength=train.num_items)
+
+    def training_pages(self, page_size: int | None) -> PageSamples:
+        """The training split, with pages of the next ``page_size`` items on sequence data (``None``: as
+        loaded)."""
+        if page_size is None or self.repage is None:
+            return self.splits.train
+        if page_size not in self._pages:
+            self._pages[page_size] = self.repage(page_size)
+        return self._pages[page_size].train
+
+    def require_table(self, who: str) -> SIDTable:
+        if self.table is None:
+            raise ValueError(f"{who} decodes semantic IDs: the task needs a SID table (genrec sid build, --sids)")
+        return self.table
+
+
+@dataclass
+class Recommendations:
+    """Top-K lists of a split: ``items`` int64 ``[Q, K]`` dense item indices, best first, -1 = no item (a SID
+    that maps to no item, or a dead beam); ``generated`` bool ``[Q, K]`` marks slots that hold a generated
+    SID (``None``: every slot is a real recommendation)."""
+
+    items: np.ndarray
+    generated: np.ndarray | None = None
+
+
+@dataclass
+class FitReport:
+    """What fitting took and chose: seconds, the selected epoch/step and its validation metrics."""
+
+    seconds: float
+    selected: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "selected": self.selected}
+
+
+class Recommender(ABC):
+    """A recommender of the harness. Subclasses set ``name`` and implement :meth:`fit`, :meth:`recommend`,
+    :meth:`save` and :meth:`load`; generative ones (``generative = True``) also decode unconstrained."""
+
+    name: ClassVar[str]
+    generative: ClassVar[bool] = False
+
+    @abstractmethod
+    def fit(self, task: Task, *, out_dir: str | Path | None = None, progress: bool = True) -> FitReport:
+        """Train on ``task``'s training split, selecting on its validation split."""
+
+    @abstractmethod
+    def recommend(self, task: Task, samples: PageSamples, k: int, *, constrained: bool = True,
+                  progress: bool = True) -> Recommendations:
+        """The top-``k`` items for every sample's history."""
+
+    def prompt_length(self, samples: PageSamples) -> float:
+        """Mean number of input positions per query (history items, or tokens for generative models)."""
+        return float(np.minimum(samples.history.lengths, samples.max_history or np.inf).mean()) if len(samples) else 0.0
+
+    def config(self) -> dict[str, Any]:
+        """The settings that rebuild this recommender (saved beside its weights)."""
+        return {}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the fitted recommender to ``directory`` (its config in ``recommender.json``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).write_text(json.dumps({"name": self.name, "config": self.config()}, indent=2))
+        self._save_state(directory)
+        return directory
+
+    def _save_state(self, directory: Path) -> None:
+        """Weights or statistics beside ``recommender.json``; nothing by default."""
+
+    def _load_state(self, directory: Path, task: Task) -> None:
+        """Inverse of :meth:`_save_state`."""
+
+
+def timed_fit(fit: Callable[[], dict[str, Any]]) -> FitReport:
+    start = time.perf_counter()
+    selected = fit() or {}
+    return FitReport(time.perf_counter() - start, selected)
+
+
+def evaluate_recommender(recommender: Recommender, task: Task, split: Split = "test", *,
+                         ks: Sequence[int] = DEFAULT_KS, unconstrained: bool | None = None,
+                         progress: bool = True) -> dict[str, float]:
+    """HR@K and NDCG@K of ``recommender`` on ``split`` (pages without positives are skipped and counted),
+    the long-tail share against training popularity, and for generative recommenders HaR@K from a second,
+    unconstrained decoding (``unconstrained=False`` skips it). Metrics come from :func:`genrec_ext.eval.evaluate`."""
+    samples = task.split(split)
+    k = max(ks)
+    recs = recommender.recommend(task, samples, k, progress=progress)
+    out = evaluate(recs.items, samples.positives, ks=ks, item_popularity=task.popularity, generated=recs.generated,
+                   on_empty="skip")
+    if recommender.generative and unconstrained is not False:
+        free = recommender.recommend(task, samples, k, constrained=False, progress=progress)
+        free_metrics = evaluate(free.items, samples.positives, ks=ks, generated=free.generated, on_empty="skip")
+        out.update({key: v for key, v in free_metrics.items() if key.startswith("HaR@")})
+    else:
+        out = {key: (float("nan") if key.startswith("HaR@") else v) for key, v in out.items()}
+    out["prompt_length"] = recommender.prompt_length(samples)
+    return out
+
+
+def load_task(data: str | Path, *, sids: str | Path | None = None, max_history: int = 20, name: str | None = None,
+              progress: bool = False) -> Task:
+    """A :class:`Task` from a dataset directory (LC-Rec JSON: leave-one-out; page logs: last day held out) and
+    an optional SID table directory."""
+    from ..data import load_lcrec, load_splits
+
+    path = Path(data)
+    catalog, splits = load_splits(path, max_history=max_history, page_size=1, progress=progress)
+    repage = None
+    if any(path.glob("*.inter.json")):
+        def repage(k: int) -> Splits:
+            return load_lcrec(path, page_size=k, max_history=max_history)[1]
+    table = SIDTable.load(sids) if sids is not None else None
+    return Task(catalog, splits, max_history, table=table, repage=repage, name=name or path.name)

@@ -1,0 +1,261 @@
+"""`genrec experiment table1`: the paper's Table 1 on our data, every row through the baselines harness.
+
+Rows (``configs/experiments/table1.yaml``): GenRec (page-wise, Token Merger), GenRec w/o TM, LC-Rec-style,
+TIGER-style, SASRec, BERT4Rec, MostPop, and on synthetic data the Oracle. Each trained row runs once per seed
+(model seed; the data is fixed): fit on the training split with the model selected on the validation split,
+then the test split is read once. Runs land in ``<out>/runs/<row>/seed<k>/result.json`` and a finished run is
+never redone, so an interrupted experiment resumes where it stopped. The summary is ``table1.md`` /
+``table1.json`` (mean ± std over seeds) and ``table1_loss.png`` (PW-NTP vs NTP training loss, like the
+paper's Fig. 2a).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from . import baselines as B
+from . import data
+from ._io import atomic_file
+from .sid import RQKMeansConfig, SIDTable, build_sid_table, train_rq_kmeans
+
+CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "experiments" / "table1.yaml"
+RESULT_FILE = "result.json"
+SYNTHETIC = "synthetic"
+COLUMNS = ("HR@1", "HR@5", "HR@10", "HR@50", "NDCG@5", "NDCG@10", "NDCG@50", "HaR@10", "train_s", "prompt_length")
+
+
+@dataclass
+class Row:
+    """One line of the table: a label, a recommender of the harness and its settings."""
+
+    label: str
+    recommender: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    seeded: bool = True  # False: deterministic (MostPop, Oracle), run once
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+
+
+@dataclass
+class Table1Spec:
+    """Everything one table needs: the data section of the YAML (rows, history cap, SID and world settings)."""
+
+    rows: list[Row]
+    max_history: int
+    ks: tuple[int, ...] = (1, 5, 10, 50)
+    sid: dict[str, Any] = field(default_factory=dict)
+    world: dict[str, Any] = field(default_factory=dict)  # SyntheticConfig overrides
+
+    @classmethod
+    def load(cls, section: str, smoke: bool = False, path: str | Path = CONFIG_FILE) -> Table1Spec:
+        spec = yaml.safe_load(Path(path).read_text())
+        if section not in spec:
+            raise ValueError(f"{path} has no section {section!r} (sections: {sorted(spec)})")
+        values = dict(spec[section])
+        if smoke:  # CI-sized: the same rows, tiny budgets
+            values = _merge(values, spec.get("smoke", {}).get(section, {}))
+        rows = [Row(label, r["recommender"], dict(r.get("settings") or {}), bool(r.get("seeded", True)))
+                for label, r in values.pop("rows").items()]
+        values["ks"] = tuple(values.get("ks", cls.ks))
+        return cls(rows=rows, **values)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the task
+
+
+def synthetic_task(world: dict[str, Any] | data.SyntheticConfig | None = None, *, max_history: int = 50,
+                   sid: dict[str, Any] | None = None, sid_dir: str | Path | None = None,
+                   progress: bool = False) -> B.Task:
+    """The synthetic world as a task: page samples, last day = test, the day before = validation, SIDs from
+    RQ K-means on the catalogue's item vectors (saved to / reused from ``sid_dir``)."""
+    config = world if isinstance(world, data.SyntheticConfig) else data.SyntheticConfig(**(world or {}))
+    syn = data.generate_synthetic(config, progress=progress)
+    samples = data.build_page_samples(syn.log(), syn.catalog, max_history=max_history, progress=progress)
+    splits = data.time_split(samples, test_days=1, valid_days=1)
+    table = _cached_sids(sid_dir, lambda: build_sid_table(
+        syn.catalog.embeddings, list(syn.catalog.ids),
+        train_rq_kmeans(syn.catalog.embeddings, RQKMeansConfig(**(sid or {})), progress=progress)))
+    return B.Task(syn.catalog, splits, max_history, table=table, world=syn, name=SYNTHETIC)
+
+
+def sequence_task(path: str | Path, *, max_history: int = 20, sids: str | Path | None = None,
+                  sid: dict[str, Any] | None = None, sid_dir: str | Path | None = None,
+                  progress: bool = False) -> B.Task:
+    """An LC-Rec dataset as a task (leave-one-out). Without ``sids``, SIDs are built from the item text
+    (MiniLM, ``sid["text_fields"]``) and RQ K-means, and cached in ``sid_dir``."""
+    task = B.load_task(path, sids=sids, max_history=max_history, progress=progress)
+    if task.table is None:
+        from .sid.build import item_embeddings
+
+        settings = dict(sid or {})
+        fields = settings.pop("text_fields", None)
+
+        def build() -> SIDTable:
+            vectors = item_embeddings(task.catalog, text_fields=fields, progress=progress)
+            return build_sid_table(vectors, list(task.catalog.ids),
+                                   train_rq_kmeans(vectors, RQKMeansConfig(**settings), progress=progress))
+        task.table = _cached_sids(sid_dir, build)
+    return task
+
+
+def _cached_sids(directory: str | Path | None, build) -> SIDTable:
+    if directory is not None and (Path(directory) / "sid_table.json").exists():
+        return SIDTable.load(directory)
+    table = build()
+    if directory is not None:
+        table.save(directory)
+    return table
+
+
+# ------------------------------------------------------------------------------------------ the runs
+
+
+def run_one(row: Row, seed: int, task: B.Task, run_dir: Path, ks: tuple[int, ...], progress: bool) -> dict:
+    """Fit, select on validation, test once; the result is written atomically (its presence = done)."""
+    settings = dict(row.settings)
+    if row.seeded:
+        settings["seed"] = seed
+    rec = B.make(row.recommender, settings)
+    report = rec.fit(task, out_dir=run_dir / "train", progress=progress)
+    metrics = B.evaluate_recommender(rec, task, "test", ks=ks, progress=progress)
+    result = {"row": row.label, "recommender": row.recommender, "seed": seed if row.seeded else None,
+              "settings": settings, "metrics": metrics, "train_s": report.seconds,
+              "selected": {k: v for k, v in report.selected.items() if k != "history"}}
+    with atomic_file(run_dir / RESULT_FILE) as f:
+        json.dump(_finite(result), f, indent=2)
+    return result
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite(obj.item())
+    return obj
+
+
+def run_table1(dataset: str | Path, out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), sids: str | Path | None = None,
+               rows: list[str] | None = None, smoke: bool = False, config: str | Path = CONFIG_FILE,
+               progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) Table 1 on ``dataset`` (``"synthetic"`` or an LC-Rec directory) into ``out``; returns the
+    summary (also written as Markdown, JSON and a PNG)."""
+    out = Path(out)
+    synthetic = str(dataset) == SYNTHETIC
+    spec = Table1Spec.load(SYNTHETIC if synthetic else "lcrec", smoke=smoke, path=config)
+    selected = spec.rows
+    if rows:
+        known = {r.slug: r for r in spec.rows} | {r.label: r for r in spec.rows}
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise ValueError(f"unknown rows {unknown}; rows of this table: {[r.slug for r in spec.rows]}")
+        selected = [known[r] for r in rows]
+    if synthetic:
+        task = synthetic_task(spec.world, max_history=spec.max_history, sid=spec.sid, sid_dir=out / "sids",
+                              progress=progress)
+    else:
+        task = sequence_task(dataset, max_history=spec.max_history, sids=sids, sid=spec.sid, sid_dir=out / "sids",
+                             progress=progress)
+    jobs = [(row, seed) for row in selected for seed in (seeds if row.seeded else seeds[:1])]
+    results: dict[str, list[dict]] = {row.label: [] for row in selected}
+    bar = tqdm(jobs, desc="table1 runs", unit="run", disable=not progress)
+    for row, seed in bar:
+        run_dir = out / "runs" / row.slug / f"seed{seed}"
+        bar.set_postfix_str(f"{row.label} seed {seed}")
+        done = run_dir / RESULT_FILE
+        if done.exists():
+            results[row.label].append(json.loads(done.read_text()))
+            continue
+        started = time.perf_counter()
+        results[row.label].append(run_one(row, seed, task, run_dir, spec.ks, progress=False))
+        tqdm.write(f"{row.label} seed {seed}: {time.perf_counter() - started:.0f} s, test "
+                   + ", ".join(f"{k} {results[row.label][-1]['metrics'][k]:.4f}" for k in ("HR@10", "NDCG@10")))
+    summary = summarise(results, spec, task)
+    write_summary(summary, out, spec)
+    return summary
+
+
+def summarise(results: dict[str, list[dict]], spec: Table1Spec, task: B.Task) -> dict[str, Any]:
+    """Mean and std (over seeds, ``ddof=0``; one run: std 0) of every column per row."""
+    columns = [c for c in COLUMNS if not c.startswith(("HR@", "NDCG@")) or int(c.split("@")[1]) in spec.ks]
+    rows = {}
+    for label, runs in results.items():
+        values = {c: [(r["train_s"] if c == "train_s" else r["metrics"].get(c)) for r in runs] for c in columns}
+        rows[label] = {c: {"mean": _mean(v), "std": _std(v), "values": v} for c, v in values.items()}
+        rows[label]["seeds"] = [r["seed"] for r in runs]
+    return {"dataset": task.name, "items": len(task.catalog), "test_queries": len(task.splits.test),
+            "columns": columns, "rows": rows}
+
+
+def _clean(values: list) -> list[float]:
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
+def _mean(values: list) -> float | None:
+    v = _clean(values)
+    return float(np.mean(v)) if v else None
+
+
+def _std(values: list) -> float | None:
+    v = _clean(values)
+    return float(np.std(v)) if v else None
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table: ``mean ± std`` cells (std left out for single runs)."""
+    columns = summary["columns"]
+    lines = ["| run | seeds | " + " | ".join(columns) + " |", "|---|---:|" + "---:|" * len(columns)]
+    for label, row in summary["rows"].items():
+        cells = []
+        for c in columns:
+            m, s = row[c]["mean"], row[c]["std"]
+            digits = 1 if c in ("train_s", "prompt_length") else 4
+            if m is None:
+                cells.append("-")
+            elif len(_clean(row[c]["values"])) > 1:
+                cells.append(f"{m:.{digits}f} ± {s:.{digits}f}")
+            else:
+                cells.append(f"{m:.{digits}f}")
+        lines.append(f"| {label} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict[str, Any], out: Path, spec: Table1Spec) -> None:
+    from .train import plot_loss_curves
+
+    table = format_summary(summary)
+    with atomic_file(out / "table1.md") as f:
+        f.write(f"Table 1 on {summary['dataset']} ({summary['items']} items, {summary['test_queries']} test "
+                f"queries); mean ± std over seeds, model selected on validation, test read once.\n\n{table}\n")
+    with atomic_file(out / "table1.json") as f:
+        json.dump(_finite(summary), f, indent=2)
+    curves = {}
+    for row in spec.rows:
+        metrics = out / "runs" / row.slug / "seed0" / "train" / "metrics.jsonl"
+        if row.recommender in ("genrec", "lcrec", "genrec-ntp") and metrics.exists():
+            curves[f"{row.label} ({'PW-NTP' if row.settings.get('objective', 'page' if row.recommender == 'genrec' else 'point') == 'page' else 'NTP'})"] = metrics
+    if curves:
+        plot_loss_curves(curves, out / "table1_loss.png", x="epoch", smooth=0.6,
+                         title="SFT training loss: page-wise (PW-NTP) vs point-wise (NTP)")
