@@ -1,27 +1,33 @@
-"""`genrec demo`: the main job on built-in synthetic data, end to end as far as the pipeline is built.
+"""`genrec demo`: the main job on built-in synthetic data, end to end.
 
-Now: synthetic page logs -> page samples and a last-day split -> item embeddings -> RQ K-means semantic IDs
--> the Token Merger (fused op) over real SID histories, checked against the reference -> a small GenRec
-model trained page-wise (PW-NTP) and point-wise (NTP) with a loss-curve overlay -> trie-constrained beam
-search (HR@K, NDCG@K) and unconstrained decoding (HaR@K) on the last day, in one comparison table. The
-GRPO-SR stage extends this job. Outputs land in ``--out``.
+Synthetic page logs -> page samples split by day (last day = test, the day before = validation) -> RQ K-means
+semantic IDs -> the Token Merger (fused op) over real SID histories, checked against the reference -> a tiny
+GenRec model trained page-wise (PW-NTP) and point-wise (NTP), each selected on the validation day, with a
+loss-curve overlay -> trie-constrained beam search on the test day (HR@K, NDCG@K) and unconstrained decoding
+(HaR@K), in one table beside MostPop (the floor: popularity) and the Oracle (the ceiling: the generator's own
+click probabilities). Every row goes through the baselines harness, as `genrec experiment table1` does.
+The GRPO-SR stage extends this job. Outputs land in ``--out``.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from genrec_ext import data
-from genrec_ext import nn as gnn
-from genrec_ext.ops import reference
-from genrec_ext.sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_kmeans
-from genrec_ext.sid.vocab import PAD
-from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
-from genrec_ext.model import build_model
-from genrec_ext.train import SFTConfig, collate, make_sft_dataset, plot_loss_curves, train_sft
+from . import baselines as B
+from . import data
+from . import nn as gnn
+from .eval import format_table, write_report
+from .ops import reference
+from .sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_kmeans
+from .sid.vocab import PAD
+from .train import collate, make_sft_dataset, plot_loss_curves
+
+#: The demo's training recipe for both objectives (tiny preset; selected on the validation day).
+DEMO_SFT: dict[str, Any] = {"epochs": 8, "global_batch_size": 64, "lr": 3e-3, "patience": 2, "log_every": 20}
 
 
 def _step(title: str) -> None:
@@ -29,18 +35,19 @@ def _step(title: str) -> None:
 
 
 def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, codebook_size: int = 64,
-             dim: int = 128, batch: int = 256, sft_steps: int = 300, beam: int = 20, progress: bool = True) -> int:
+             dim: int = 128, beam: int = 50, sft: dict[str, Any] | None = None, progress: bool = True) -> int:
     out = Path(out)
     torch.manual_seed(seed)
+    started = time.perf_counter()
 
     _step("1. Synthetic page logs")
     syn = data.generate_synthetic(data.SyntheticConfig(seed=seed), progress=progress)
     paths = syn.write_parquet(out / "data")
-    print(f"{syn.logs.num_rows:,} log rows, {len(syn.catalog):,} items -> {paths['logs'] if 'logs' in paths else out / 'data'}")
+    print(f"{syn.logs.num_rows:,} log rows, {len(syn.catalog):,} items -> {paths['logs']}")
 
-    _step("2. Page samples, last day held out")
+    _step("2. Page samples: last day = test, the day before = validation")
     samples = data.build_page_samples(syn.log(), syn.catalog, max_history=50, progress=progress)
-    splits = data.time_split(samples, test_days=1)
+    splits = data.time_split(samples, test_days=1, valid_days=1)
     print(samples.stats.summary())
     print(splits.summary())
 
@@ -51,12 +58,54 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     table.save(out / "sids")
     print(table.stats.summary())
     print(f"SID table -> {out / 'sids'}")
+    task = B.Task(syn.catalog, splits, 50, table=table, world=syn, name="synthetic")
 
     _step("4. Token Merger over real SID histories (fused genrec::token_merge vs reference)")
-    vocab = SIDVocab(tuple(table.level_sizes))
-    train = splits.train
-    page_dataset = make_sft_dataset(train, syn.catalog, table, "page", max_history=50)  # trained on in step 5
-    first = collate([page_dataset[i] for i in range(min(batch, len(train)))])
+    ok = _check_token_merger(task, dim)
+
+    _step("5. Page-wise (PW-NTP) vs point-wise (NTP) SFT of a tiny GenRec model, selected on validation")
+    recipe = {**DEMO_SFT, **(sft or {})}
+    rows: dict[str, B.Recommender] = {"MostPop": B.make("mostpop"), "Oracle": B.make("oracle")}
+    curves = {}
+    for label, name, objective in (("PW-NTP (GenRec)", "genrec", "page"), ("NTP", "genrec-ntp", "point")):
+        rec = B.make(name, {"seed": seed, "beam": beam, "sft": recipe})
+        run_dir = out / f"sft_{objective}"
+        report = rec.fit(task, out_dir=run_dir, progress=progress)
+        rows[label] = rec
+        curves[f"{label}, {report.selected['examples']:,} examples"] = run_dir / "metrics.jsonl"
+        losses = [r["loss"] for r in _records(run_dir) if "loss" in r]
+        print(f"{objective}-wise: {report.selected['examples']:,} examples, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
+              f"in {report.selected['steps_run']} steps ({report.seconds:.0f} s); selected step "
+              f"{report.selected['step']} (valid NDCG@10 {report.selected['valid_NDCG@10']:.4f}); "
+              f"model in {run_dir / 'model'}")
+    for row in ("MostPop", "Oracle"):
+        rows[row].fit(task, progress=False)
+    plot = plot_loss_curves(curves, out / "sft_loss.png", x="epoch",
+                            title="SFT loss: page-wise vs point-wise NTP")
+    print(f"loss curves -> {plot}")
+
+    _step(f"6. Test day: beam search (W={beam}) constrained for HR/NDCG, unconstrained for HaR")
+    results = {label: B.evaluate_recommender(rec, task, "test", ks=(1, 5, 10, 50), progress=progress)
+               for label, rec in rows.items()}
+    columns = ["HR@1", "HR@5", "HR@10", "HR@50", "NDCG@5", "NDCG@10", "HaR@10", "LongTail@10", "queries"]
+    print(format_table(results, columns=columns))
+    md, _ = write_report(results, out, "eval", columns=columns)
+    print(f"report -> {md}")
+    print(f"\nOutputs in {out.resolve()} ({time.perf_counter() - started:.0f} s)")
+    return 0 if ok else 1
+
+
+def _records(run_dir: Path) -> list[dict]:
+    from .train import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def _check_token_merger(task: B.Task, dim: int) -> bool:
+    """The fused op against the pure-PyTorch reference on a batch of real SID histories (fwd + bwd)."""
+    vocab = SIDVocab(tuple(task.table.level_sizes))
+    dataset = make_sft_dataset(task.splits.train, task.catalog, task.table, "page", max_history=task.max_history)
+    first = collate([dataset[i] for i in range(min(256, len(dataset)))])
     tokens, lengths = first.history, first.history_len
     merger = gnn.TokenMerger(vocab.size, dim, vocab.levels, dim, pad_id=PAD)
     start = time.perf_counter()
@@ -71,40 +120,8 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
     ref.square().mean().backward()
     ok = torch.allclose(merged, ref, rtol=1e-5, atol=1e-5) and all(
         torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6) for g, p in zip(fused_grads, params))
-    fwd_err = (merged - ref).abs().max().item()
     print(f"{tokens.shape[0]} users x up to {tokens.shape[1]} history items x {vocab.levels} SID tokens "
           f"({int(lengths.sum()):,} real items) -> {tuple(merged.shape)} prompt vectors, d={dim}")
-    print(f"fused fwd+bwd {elapsed * 1e3:.1f} ms; max |fused - reference| = {fwd_err:.1e}")
+    print(f"fused fwd+bwd {elapsed * 1e3:.1f} ms; max |fused - reference| = {(merged - ref).abs().max().item():.1e}")
     print("OK: kernel matches the reference" if ok else "MISMATCH: kernel differs from the reference")
-
-    _step("5. Page-wise (PW-NTP) vs point-wise (NTP) SFT of a tiny GenRec model")
-    runs, models = {}, {}
-    names = {"page": "PW-NTP", "point": "NTP"}
-    for objective in ("page", "point"):
-        dataset = page_dataset if objective == "page" else make_sft_dataset(train, syn.catalog, table, objective,
-                                                                            max_history=50)
-        model = build_model("tiny", vocab, seed=seed)
-        config = SFTConfig(out_dir=str(out / f"sft_{objective}"), max_steps=sft_steps, global_batch_size=32, lr=3e-3,
-                           log_every=10, seed=seed, overwrite=True, plot=False)
-        result = train_sft(model, dataset, config, progress=progress)
-        models[names[objective]] = model
-        runs[f"{names[objective]} ({len(dataset):,} examples)"] = result.metrics_path
-        print(f"{objective}-wise: {len(dataset):,} examples, loss {result.history[0]['loss']:.3f} -> {result.loss:.3f} "
-              f"after {result.step} steps; model in {result.model_dir}")
-    plot = plot_loss_curves(runs, out / "sft_loss.png", title="SFT loss: page-wise vs point-wise NTP")
-    print(f"loss curves -> {plot}")
-
-    _step(f"6. Last-day evaluation: beam search (W={beam}), constrained and unconstrained")
-    popularity = item_popularity(train)
-    results = {}
-    for name, model in models.items():
-        for mode in ("constrained", "unconstrained"):
-            results[f"{name}, {mode}"] = evaluate_model(model, splits.test, syn.catalog, table, beam_width=beam,
-                                                        constrained=mode == "constrained", ks=(1, 5, 10),
-                                                        popularity=popularity, progress=progress)
-    columns = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "HaR@10", "LongTail@10", "queries"]
-    print(format_table(results, columns=columns))
-    md, _ = write_report(results, out, "eval", columns=columns)
-    print(f"report -> {md}")
-    print(f"\nOutputs in {out.resolve()}")
-    return 0 if ok else 1
+    return ok

@@ -21,10 +21,11 @@ from .base import (META_FILE, FitReport, Recommendations, Recommender, Task, eva
 from .generative import GenerativeConfig, GenRec, GenRecNoTM, GenRecNTP, LCRec
 from .popularity import MostPop, Oracle
 from .sequential import BERT4Rec, SASRec, SequentialConfig
+from .tiger import TIGER, TIGERConfig
 
 #: Every recommender of the harness by name (the rows of `genrec experiment table1`).
 RECOMMENDERS: dict[str, type[Recommender]] = {cls.name: cls for cls in (
-    MostPop, Oracle, SASRec, BERT4Rec, GenRec, GenRecNoTM, GenRecNTP, LCRec)}
+    MostPop, Oracle, SASRec, BERT4Rec, TIGER, GenRec, GenRecNoTM, GenRecNTP, LCRec)}
 
 
 def make(name: str, settings: dict[str, Any] | None = None) -> Recommender:
@@ -47,5 +48,6 @@ def load_recommender(directory: str | Path, task: Task) -> Recommender:
 
 
 __all__ = ["BERT4Rec", "FitReport", "GenRec", "GenRecNTP", "GenRecNoTM", "GenerativeConfig", "LCRec", "MostPop",
-           "Oracle", "RECOMMENDERS", "Recommendations", "Recommender", "SASRec", "SequentialConfig", "Task",
+           "Oracle", "RECOMMENDERS", "Recommendations", "Recommender", "SASRec", "SequentialConfig", "TIGER", "TIGERConfig",
+           "Task",
            "evaluate_recommender", "load_recommender", "load_task", "make"]

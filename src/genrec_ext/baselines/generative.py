@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 
 from ..data import PageSamples
-from ..eval import evaluate
+from ..eval.run import make_validator
 from ..eval.run import recommend as beam_recommend
 from ..model import GenRecModel, build_model
 from ..train import SFTConfig, make_sft_dataset, train_sft
@@ -33,7 +32,7 @@ class GenerativeConfig:
     objective: Literal["page", "point"] = "page"
     token_merger: bool = True
     page_size: int | None = None  # sequence data: train on pages of the next k items (None: as loaded)
-    dropout: float | None = None  # None: the preset's
+    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields over the preset's (e.g. dropout)
     beam: int = 50  # beam width at evaluation (>= the largest K)
     valid_beam: int = 20  # beam width of the validation searches that select the model
     valid_queries: int | None = 4096  # validation queries used for selection (None: all)
@@ -78,20 +77,11 @@ class GenRec(Recommender):
         table = task.require_table(self.name)
         train = task.training_pages(cfg.page_size)
         dataset = make_sft_dataset(train, task.catalog, table, cfg.objective, max_history=task.max_history)
-        overrides = {} if cfg.dropout is None else {"dropout": cfg.dropout}
         self.model = build_model(cfg.preset, dataset.vocab, token_merger=cfg.token_merger, seed=cfg.seed,
-                                 **overrides)
-        valid = task.splits.valid
-        if cfg.valid_queries is not None and len(valid) > cfg.valid_queries:
-            pick = np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_queries, replace=False)
-            valid = valid.subset(np.sort(pick))
-
-        def validate(model: GenRecModel) -> dict[str, float]:
-            items, generated = beam_recommend(model, valid, task.catalog, table, beam_width=cfg.valid_beam,
-                                              batch_size=cfg.batch_size, max_history=task.max_history,
-                                              progress=False)
-            m = evaluate(items, valid.positives, ks=(10,), generated=generated, on_empty="skip")
-            return {"HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"]}
+                                 **cfg.model)
+        validate = make_validator(task.splits.valid, task.catalog, table, beam_width=cfg.valid_beam,
+                                  max_queries=cfg.valid_queries, max_history=task.max_history,
+                                  batch_size=cfg.batch_size, seed=cfg.seed)
 
         with tempfile.TemporaryDirectory(prefix="genrec-fit-") as scratch:
             sft = SFTConfig.from_dict({"seed": cfg.seed, "plot": False, "log_every": 50, **cfg.sft,

@@ -41,7 +41,7 @@ from .. import ops
 from ..data import ItemCatalog, PageSamples
 from ..eval import evaluate
 from ..sid import SIDTable, SIDTrie, SIDVocab
-from ..sid.vocab import BOS, PAD
+from ..sid.vocab import BOS, EOS, PAD
 from ..train import SFTBatch, catalog_index_of_sids, collate, make_sft_dataset, sid_codes_for
 from .base import FitReport, Recommendations, Recommender, Task, timed_fit
 
@@ -52,14 +52,17 @@ WEIGHTS_FILE = "weights.pt"
 class TIGERConfig:
     """Model size, training recipe, selection and decoding of the TIGER baseline.
 
-    Defaults: TIGER's shape (d_model 128, 4 + 4 layers, 6 heads of 64, ReLU FFN, dropout 0.1) with a
-    narrower FFN (512 instead of 1024) so that an epoch of Amazon-sized data takes tens of seconds on two CPU
-    cores, and AdamW with warmup + cosine decay instead of the paper's 200k inverse-sqrt steps."""
+    Defaults: TIGER's depth and width (d_model 128, 4 encoder + 4 decoder layers, ReLU FFN, dropout 0.1) with
+    attention of d_model's own width (4 heads of 32, not 6 of 64) and a narrower FFN (512, not 1024): about a
+    third of the compute and of the per-beam cross-attention cache, so that Amazon-sized data (33k training
+    examples) trains in about a minute per epoch on one CPU core; AdamW with warmup + cosine decay over 20
+    epochs instead of the paper's 200k inverse-sqrt steps (validation NDCG@10 still rises at the last epoch,
+    mostly from the decaying learning rate)."""
 
     d_model: int = 128
-    d_kv: int = 64  # width of one attention head (T5 lets heads * d_kv differ from d_model)
+    d_kv: int = 32  # width of one attention head (T5 lets heads * d_kv differ from d_model)
     d_ff: int = 512
-    heads: int = 6
+    heads: int = 4
     encoder_layers: int = 4
     decoder_layers: int = 4
     dropout: float = 0.1
@@ -72,9 +75,9 @@ class TIGERConfig:
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at the last epoch
     grad_clip: float = 1.0  # 0 = none
     batch_size: int = 256
-    epochs: int = 30
+    epochs: int = 20
     eval_every: int = 1  # epochs between validations
-    patience: int = 4  # validations without improvement before stopping; 0 = never stop early
+    patience: int = 3  # validations without improvement before stopping; 0 = never stop early
     select_metric: str = "NDCG@10"
     beam: int = 50  # beam width of recommend (at least k)
     valid_beam: int = 20  # beam width of the validation searches that select the model
@@ -147,7 +150,7 @@ class TIGERModel(nn.Module):
                       num_heads=config.heads, dropout_rate=config.dropout, feed_forward_proj=config.feed_forward,
                       relative_attention_num_buckets=config.relative_buckets,
                       relative_attention_max_distance=config.relative_max_distance,
-                      pad_token_id=PAD, eos_token_id=2, decoder_start_token_id=BOS, tie_word_embeddings=False,
+                      pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=BOS, tie_word_embeddings=False,
                       is_encoder_decoder=True, use_cache=True)
         self.t5 = T5ForConditionalGeneration(t5)
         # An untied T5 head starts at std 1 (logits of std ~sqrt(d_model)); start it like a tied head, whose
@@ -180,7 +183,7 @@ class TIGERModel(nn.Module):
     def decode(self, tokens: Tensor, encoded: Tensor, mask: Tensor, cache=None) -> Tensor:
         """Decoder hidden states ``[B, T, d]`` of ``tokens [B, T]`` (the new tokens only when ``cache`` holds
         the earlier ones)."""
-        kwargs = {} if cache is None else {self._cache_kw: cache, "use_cache": True}
+        kwargs = {"use_cache": False} if cache is None else {self._cache_kw: cache, "use_cache": True}
         out = self.t5.decoder(input_ids=tokens, encoder_hidden_states=encoded, encoder_attention_mask=mask.long(),
                               **kwargs)
         return out.last_hidden_state

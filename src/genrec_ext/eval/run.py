@@ -54,3 +54,22 @@ def evaluate_model(model: GenRecModel, samples: PageSamples, catalog: ItemCatalo
     ks = tuple(k for k in ks if k <= beam_width) or (beam_width,)
     return evaluate(items, samples.positives, ks=ks, item_popularity=popularity, generated=generated,
                     on_empty="skip")
+
+
+def make_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, *, beam_width: int = 20,
+                   max_queries: int | None = 4096, max_history: int | None = None, batch_size: int = 64,
+                   seed: int = 0):
+    """A ``validate(model) -> {"HR@10", "NDCG@10"}`` function for :func:`genrec_ext.train.train_sft`'s model
+    selection: a constrained beam search over ``samples`` (a seeded sample of ``max_queries`` of them; ``None``
+    or 0: all)."""
+    if max_queries and len(samples) > max_queries:
+        pick = np.random.default_rng(seed).choice(len(samples), max_queries, replace=False)
+        samples = samples.subset(np.sort(pick))
+
+    def validate(model: GenRecModel) -> dict[str, float]:
+        items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, batch_size=batch_size,
+                                     max_history=max_history, progress=False)
+        m = evaluate(items, samples.positives, ks=(10,), generated=generated, on_empty="skip")
+        return {"HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"]}
+
+    return validate

@@ -28,6 +28,7 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     token_merger: bool = True  # False: the "w/o TM" ablation, L prompt tokens per history item
     dropout: float = 0.0  # training only: on the decoder's input vectors and on attention weights
+    level_softmax: bool = False  # train each target token's softmax over its SID level only (as decoding scores)
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from .._io import atomic_directory
 from ..nn import TokenMerger
 from ..sid import SIDVocab
-from ..sid.vocab import BOS, PAD, SEP, SPECIALS
+from ..sid.vocab import BOS, EOS, PAD, SEP, SPECIALS
 from ..train.batching import SFTBatch
 from .config import ModelConfig
 
@@ -52,6 +52,7 @@ class Layout:
     prompt_len: Tensor  # [B] prompt positions per example
     label_mask: Tensor  # [B, S] bool: positions whose next token is a target token
     labels: Tensor  # [num supervised positions] our token ids, in label_mask order
+    label_index: Tensor  # [num supervised positions] each label's index in its target (0 = first SID token)
 
 
 def _rope_theta(hf_config) -> float:
@@ -150,8 +151,10 @@ class GenRecModel(nn.Module):
         inputs = self._gather_rows(self._source_rows(items, batch.target), index)
         # Position p predicts the token at p + 1: the <sep> predicts y_1, y_t predicts y_{t+1}.
         label_mask = (j >= prompt_len[:, None] - 1) & (j < seq_len[:, None] - 1)
-        labels = batch.target.gather(1, (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1))[label_mask]
-        return Layout(inputs, j < seq_len[:, None], prompt_len, label_mask, labels)
+        target_index = (j - prompt_len[:, None] + 1).clamp(0, batch.target.shape[1] - 1)
+        labels = batch.target.gather(1, target_index)[label_mask]
+        return Layout(inputs, j < seq_len[:, None], prompt_len, label_mask, labels,
+                      target_index.expand_as(label_mask)[label_mask])
 
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
@@ -189,9 +192,24 @@ class GenRecModel(nn.Module):
     def forward(self, batch: SFTBatch) -> SFTOutput:
         lay = self.layout(batch)
         hidden = self.hidden_states(self.input_dropout(lay.inputs_embeds), lay.attention_mask)
-        logits = self.token_logits(hidden[lay.label_mask])
-        loss = F.cross_entropy(logits.float(), lay.labels)
+        logits = self.token_logits(hidden[lay.label_mask]).float()
+        if self.config.level_softmax:
+            logits = logits.masked_fill(~self._allowed_tokens(lay.label_index), float("-inf"))
+        loss = F.cross_entropy(logits, lay.labels)
         return SFTOutput(loss, int(lay.labels.numel()), int(lay.attention_mask.sum()))
+
+    def _allowed_tokens(self, label_index: Tensor) -> Tensor:
+        """bool ``[N, V]``: the tokens a target position may hold, as decoding scores it: the SID tokens of its
+        level (label ``t`` is level ``t mod L``), plus ``<eos>`` where an item could start (the page's end)."""
+        key = ("allowed", label_index.device)
+        if key not in self._prompt_tables_cache:
+            levels, size = self.vocab.levels, self.vocab.size
+            table = torch.zeros(levels, size, dtype=torch.bool, device=label_index.device)
+            for level, (start, k) in enumerate(zip(self.vocab.offsets, self.vocab.level_sizes)):
+                table[level, start:start + k] = True
+            table[0, EOS] = True
+            self._prompt_tables_cache[key] = table
+        return self._prompt_tables_cache[key][label_index % self.vocab.levels]
 
     # ---- persistence -------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> Path:
