@@ -51,7 +51,7 @@ def test_user_sequences_of_page_logs_end_with_the_latest_pages_positives(task):
     assert len(users) == len(np.unique(train.user))
     for i in range(0, len(users), 7):
         mine = np.flatnonzero(train.user == users[i])
-        latest = mine[np.argmax(train.history.end[mine])]
+        latest = mine[np.flatnonzero(train.history.end[mine] == train.history.end[mine].max())[-1]]  # the last page
         seq = rows[i]
         n_pos = len(train.positives[latest])
         assert list(seq[len(seq) - n_pos:]) == list(train.positives[latest])

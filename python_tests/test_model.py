@@ -162,3 +162,21 @@ def test_sid_rows_and_catalogue_indices_align_whatever_the_table_order(world):
     assert np.array_equal(sid_codes_for(syn.catalog, shuffled), sid_codes_for(syn.catalog, table))
     to_catalog = catalog_index_of_sids(syn.catalog, shuffled)
     assert np.array_equal(shuffled.codes, sid_codes_for(syn.catalog, table)[to_catalog])
+
+
+@pytest.mark.parametrize("objective", ["page", "point"])
+def test_level_softmax_loss_is_each_tokens_log_softmax_over_its_level(world, objective):
+    ds, batch = batch_of(world, objective)
+    model = build_model("tiny", ds.vocab, level_softmax=True).eval()
+    lay = model.layout(batch)
+    hidden = model.hidden_states(lay.inputs_embeds, lay.attention_mask)[lay.label_mask]
+    logits = model.token_logits(hidden).float()
+    vocab, expected = ds.vocab, []
+    for row, (label, t) in enumerate(zip(lay.labels.tolist(), lay.label_index.tolist())):
+        level = t % vocab.levels
+        block = list(range(vocab.offsets[level], vocab.offsets[level] + vocab.level_sizes[level]))
+        allowed = block + ([EOS] if level == 0 else [])
+        assert label in allowed  # the layout's labels are where the levels say
+        expected.append(-torch.log_softmax(logits[row, allowed], 0)[allowed.index(label)])
+    assert model(batch).loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
+    assert ModelConfig(**model.config.to_dict()).level_softmax  # the flag travels with the saved config

@@ -115,7 +115,12 @@ def _cmd_train_plot(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from genrec_ext.data import load_splits
-    from genrec_ext.eval import evaluate_model, format_table, item_popularity, write_report
+    from genrec_ext.eval import (
+        evaluate_model,
+        format_table,
+        item_popularity,
+        write_report,
+    )
     from genrec_ext.model import GenRecModel
     from genrec_ext.sid import SIDTable
     from genrec_ext.train.distributed import resolve_device
@@ -192,8 +197,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _baseline_task(args: argparse.Namespace):
-    from genrec_ext.experiments import SYNTHETIC, synthetic_task
     from genrec_ext.baselines import load_task
+    from genrec_ext.experiments import SYNTHETIC, synthetic_task
 
     if args.data == SYNTHETIC:
         return synthetic_task(max_history=args.max_history, sid={"codebook_size": 64}, progress=not args.quiet)

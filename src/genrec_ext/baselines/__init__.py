@@ -17,7 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import (META_FILE, FitReport, Recommendations, Recommender, Task, evaluate_recommender, load_task)
+from .base import (
+    META_FILE,
+    FitReport,
+    Recommendations,
+    Recommender,
+    Task,
+    evaluate_recommender,
+    load_task,
+)
 from .generative import GenerativeConfig, GenRec, GenRecNoTM, GenRecNTP, LCRec
 from .popularity import MostPop, Oracle
 from .sequential import BERT4Rec, SASRec, SequentialConfig

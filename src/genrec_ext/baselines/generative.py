@@ -6,11 +6,11 @@ one adapter: SFT through :func:`genrec_ext.train.train_sft` with the model selec
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
+from .._config import from_mapping
 from ..data import PageSamples
 from ..eval.run import make_validator
 from ..eval.run import recommend as beam_recommend
@@ -43,15 +43,11 @@ class GenerativeConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerativeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
         merged = {**asdict(cls()), **values}
         if "sft" in values:  # partial overrides of the training recipe
             merged["sft"] = {**cls().sft, **values["sft"]}
         SFTConfig.from_dict(merged["sft"])  # reject unknown training keys now, not after data loading
-        return cls(**merged)
+        return from_mapping(cls, merged)
 
 
 class GenRec(Recommender):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._config import check, from_mapping
 from ..data import PageSamples, user_sequences
 from ..eval import evaluate
+from ..train.distributed import resolve_device
 from .base import FitReport, Recommendations, Recommender, Task, timed_fit
 
 WEIGHTS_FILE = "weights.pt"
@@ -61,23 +63,11 @@ class SequentialConfig:
                   (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
                   (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
                   (0 < self.mask_prob < 1, f"mask_prob must be in (0, 1), got {self.mask_prob}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"SequentialConfig: {message}")
+        check(checks, "SequentialConfig: ")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SequentialConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return from_mapping(cls, values)
 
 
 class ItemSequenceEncoder(nn.Module):
@@ -180,7 +170,7 @@ class _ItemSequenceRecommender(Recommender):
     def _fit(self, task: Task, progress: bool) -> dict[str, Any]:
         cfg = self.settings
         torch.manual_seed(cfg.seed)
-        device = _device(cfg.device)
+        device = resolve_device(cfg.device)
         model = self.model = self._build(task).to(device)
         _, sequences = user_sequences(task.splits.train)
         rows = torch.from_numpy(_windows([sequences[i] for i in range(len(sequences))], self._window(model)) + 1)
@@ -253,7 +243,7 @@ class _ItemSequenceRecommender(Recommender):
         saved = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         self.model = ItemSequenceEncoder(saved["num_items"], saved["max_len"], self.settings, self.causal)
         self.model.load_state_dict(saved["state"])
-        self.model.to(_device(self.settings.device))
+        self.model.to(resolve_device(self.settings.device))
 
 
 class SASRec(_ItemSequenceRecommender):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import ops
+from .._config import check, from_mapping
 from ..data import ItemCatalog, PageSamples
 from ..eval import evaluate
 from ..sid import SIDTable, SIDTrie, SIDVocab
 from ..sid.vocab import BOS, EOS, PAD
-from ..train import SFTBatch, catalog_index_of_sids, collate, make_sft_dataset, sid_codes_for
+from ..train import (
+    SFTBatch,
+    catalog_index_of_sids,
+    collate,
+    make_sft_dataset,
+    sid_codes_for,
+)
+from ..train.distributed import resolve_device
 from .base import FitReport, Recommendations, Recommender, Task, timed_fit
 
 WEIGHTS_FILE = "weights.pt"
@@ -110,23 +118,11 @@ class TIGERConfig:
              f"valid_queries must be >= 1 or None, got {self.valid_queries}"),
             (self.decode_batch >= 1, f"decode_batch must be >= 1, got {self.decode_batch}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TIGERConfig: {message}")
+        check(checks, "TIGERConfig: ")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TIGERConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return from_mapping(cls, values)
 
 
 def _cache_keyword() -> str:
@@ -323,7 +319,7 @@ class TIGER(Recommender):
         cfg = self.settings
         table = task.require_table(self.name)
         torch.manual_seed(cfg.seed)
-        device = _device(cfg.device)
+        device = resolve_device(cfg.device)
         dataset = make_sft_dataset(task.splits.train, task.catalog, table, "point", max_history=task.max_history)
         if len(dataset) == 0:
             raise ValueError("the training split has no positive item: nothing to train on")
@@ -447,5 +443,5 @@ class TIGER(Recommender):
         saved = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model = TIGERModel(tuple(saved["level_sizes"]), self.settings)
         model.load_state_dict(saved["state"])
-        self.model = model.to(_device(self.settings.device)).eval()
+        self.model = model.to(resolve_device(self.settings.device)).eval()
         self._search_cache.clear()

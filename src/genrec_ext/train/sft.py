@@ -49,7 +49,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,10 +58,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._config import check, from_mapping
 from . import checkpoint as ckpt
 from . import distributed as D
 from .batching import SFTBatch, collate
-from .metrics import METRICS_FILE, MetricsLogger, plot_loss_curves, read_metrics, truncate_metrics
+from .metrics import (
+    METRICS_FILE,
+    MetricsLogger,
+    plot_loss_curves,
+    read_metrics,
+    truncate_metrics,
+)
 from .schedule import WarmupCosine, warmup_cosine_scheduler
 
 CONFIG_FILE = "config.json"
@@ -128,18 +135,12 @@ class SFTConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check(checks)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SFTConfig:
         """From a YAML/JSON mapping; an unknown key is an error naming it and the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown SFTConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(values))
+        return from_mapping(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -537,7 +538,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                     bar.set_postfix(loss=f"{last_loss:.4f}" if last_loss is not None else "-",
                                     **{config.select_metric: f"{selection.best['value']:.4f}"})
                     decision = stop
-                stopped_early = bool(D.broadcast_object(decision, info))
+                stopped_early = bool(D.broadcast_object(decision, info)) and done < plan.total_steps
             if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == plan.total_steps \
                     or stopped_early:
                 path = _checkpoint(model, optimizer, scheduler, config, plan, info, out, done, level_sizes,
