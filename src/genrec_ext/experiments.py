@@ -252,10 +252,12 @@ def write_summary(summary: dict[str, Any], out: Path, spec: Table1Spec) -> None:
     with atomic_file(out / "table1.json") as f:
         json.dump(_finite(summary), f, indent=2)
     curves = {}
-    for row in spec.rows:
-        metrics = out / "runs" / row.slug / "seed0" / "train" / "metrics.jsonl"
-        if row.recommender in ("genrec", "lcrec", "genrec-ntp") and metrics.exists():
-            curves[f"{row.label} ({'PW-NTP' if row.settings.get('objective', 'page' if row.recommender == 'genrec' else 'point') == 'page' else 'NTP'})"] = metrics
+    for row in spec.rows:  # the decoder rows' SFT losses, first seed
+        metrics = out / "runs" / row.slug / f"seed{summary['rows'].get(row.label, {}).get('seeds', [0])[0]}" / "train" \
+            / "metrics.jsonl"
+        rec = B.make(row.recommender, row.settings)
+        if isinstance(rec, B.GenRec) and metrics.exists():
+            curves[f"{row.label} ({'PW-NTP' if rec.settings.objective == 'page' else 'NTP'})"] = metrics
     if curves:
         plot_loss_curves(curves, out / "table1_loss.png", x="epoch", smooth=0.6,
                          title="SFT training loss: page-wise (PW-NTP) vs point-wise (NTP)")
