@@ -9,7 +9,9 @@ scores those with :mod:`genrec_ext.eval`, so every row of a table is measured th
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -136,6 +138,33 @@ class Recommender(ABC):
 
     def _load_state(self, directory: Path, task: Task) -> None:
         """Inverse of :meth:`_save_state`."""
+
+
+class EpochSelection:
+    """Model selection for an epoch loop: after each validated epoch, :meth:`update` keeps a copy of the weights
+    when ``metric`` (higher is better) improved and says whether to stop (``patience`` validations without
+    improvement; 0 = never); :meth:`finish` puts the best weights back and returns the fit report's fields."""
+
+    def __init__(self, model, metric: str, patience: int) -> None:
+        self.model, self.metric, self.patience = model, metric, patience
+        self.best, self.best_epoch, self.best_metrics, self.best_state = -math.inf, 0, {}, None
+        self.waited, self.epoch, self.history = 0, 0, []
+
+    def update(self, epoch: int, loss: float, metrics: dict[str, float]) -> bool:
+        self.epoch = epoch
+        self.history.append({"epoch": epoch, "loss": loss, **metrics})
+        if metrics[self.metric] > self.best:
+            self.best, self.best_epoch, self.best_metrics, self.waited = metrics[self.metric], epoch, metrics, 0
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            return False
+        self.waited += 1
+        return bool(self.patience and self.waited >= self.patience)
+
+    def finish(self) -> dict[str, Any]:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return {"epoch": self.best_epoch, **{f"valid_{k}": v for k, v in self.best_metrics.items()},
+                "epochs_run": self.epoch, "history": self.history}
 
 
 def timed_fit(fit: Callable[[], dict[str, Any]]) -> FitReport:

@@ -11,8 +11,6 @@ stopping after ``patience`` evaluations without improvement.
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,14 @@ from .._config import check, from_mapping
 from ..data import PageSamples, user_sequences
 from ..eval import evaluate
 from ..train.distributed import resolve_device
-from .base import FitReport, Recommendations, Recommender, Task, timed_fit
+from .base import (
+    EpochSelection,
+    FitReport,
+    Recommendations,
+    Recommender,
+    Task,
+    timed_fit,
+)
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -178,8 +183,7 @@ class _ItemSequenceRecommender(Recommender):
             raise ValueError("the training split has no user with two or more positives: nothing to train on")
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         generator = torch.Generator().manual_seed(cfg.seed)
-        best, best_state, best_epoch, waited = -math.inf, None, 0, 0
-        history = []
+        selection = EpochSelection(model, cfg.select_metric, cfg.patience)
         bar = tqdm(range(1, cfg.epochs + 1), desc=self.name, unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             model.train()
@@ -195,18 +199,10 @@ class _ItemSequenceRecommender(Recommender):
             if epoch % cfg.eval_every and epoch != cfg.epochs:
                 continue
             metrics = self._validate(task)
-            value = metrics[cfg.select_metric]
-            history.append({"epoch": epoch, "loss": total / max(count, 1), **metrics})
-            bar.set_postfix(loss=f"{total / max(count, 1):.3f}", **{cfg.select_metric: f"{value:.4f}"})
-            if value > best:
-                best, best_epoch, waited = value, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if cfg.patience and waited >= cfg.patience:
-                    break
-        model.load_state_dict(best_state)
-        return {"epoch": best_epoch, f"valid_{cfg.select_metric}": best, "epochs_run": epoch, "history": history}
+            bar.set_postfix(loss=f"{total / max(count, 1):.3f}", **{cfg.select_metric: f"{metrics[cfg.select_metric]:.4f}"})
+            if selection.update(epoch, total / max(count, 1), metrics):
+                break
+        return selection.finish()
 
     def _window(self, model: ItemSequenceEncoder) -> int:
         return model.max_len + 1 if self.causal else model.max_len

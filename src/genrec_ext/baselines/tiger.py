@@ -24,7 +24,6 @@ that the cache really filled (an unknown keyword would be swallowed by ``**kwarg
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from dataclasses import asdict, dataclass
@@ -51,7 +50,14 @@ from ..train import (
     sid_codes_for,
 )
 from ..train.distributed import resolve_device
-from .base import FitReport, Recommendations, Recommender, Task, timed_fit
+from .base import (
+    EpochSelection,
+    FitReport,
+    Recommendations,
+    Recommender,
+    Task,
+    timed_fit,
+)
 
 WEIGHTS_FILE = "weights.pt"
 
@@ -345,8 +351,7 @@ class TIGER(Recommender):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         rng = np.random.default_rng(cfg.seed)
-        best, best_state, best_epoch, best_metrics, waited = -math.inf, None, 0, {}, 0
-        history = []
+        selection = EpochSelection(model, cfg.select_metric, cfg.patience)
         bar = tqdm(range(1, cfg.epochs + 1), desc=self.name, unit="epoch", disable=not progress, leave=False)
         for epoch in bar:
             model.train()
@@ -364,20 +369,12 @@ class TIGER(Recommender):
             if epoch % cfg.eval_every and epoch != cfg.epochs:
                 continue
             metrics = self._validate(task, valid)
-            value = metrics[cfg.select_metric]
-            history.append({"epoch": epoch, "loss": loss_sum / max(count, 1), **metrics})
-            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}", **{cfg.select_metric: f"{value:.4f}"})
-            if value > best:
-                best, best_epoch, best_metrics, waited = value, epoch, metrics, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if cfg.patience and waited >= cfg.patience:
-                    break
-        model.load_state_dict(best_state)
+            bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}", **{cfg.select_metric: f"{metrics[cfg.select_metric]:.4f}"})
+            if selection.update(epoch, loss_sum / max(count, 1), metrics):
+                break
+        report = selection.finish()
         model.eval()
-        return {"epoch": best_epoch, **{f"valid_{k}": v for k, v in best_metrics.items()}, "epochs_run": epoch,
-                "examples": len(dataset), "history": history}
+        return {**report, "examples": len(dataset)}
 
     def _validate(self, task: Task, valid: PageSamples) -> dict[str, float]:
         recs = self.recommend(task, valid, 10, progress=False, beam_width=self.settings.valid_beam)
