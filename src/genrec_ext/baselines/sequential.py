@@ -25,14 +25,7 @@ from .._config import check, from_mapping
 from ..data import PageSamples, user_sequences
 from ..eval import evaluate
 from ..train.distributed import resolve_device
-from .base import (
-    EpochSelection,
-    FitReport,
-    Recommendations,
-    Recommender,
-    Task,
-    timed_fit,
-)
+from .base import EpochSelection, FitReport, Recommendations, Recommender, Task, timed_fit
 
 WEIGHTS_FILE = "weights.pt"
 

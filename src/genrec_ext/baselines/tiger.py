@@ -42,22 +42,9 @@ from ..data import ItemCatalog, PageSamples
 from ..eval import evaluate
 from ..sid import SIDTable, SIDTrie, SIDVocab
 from ..sid.vocab import BOS, EOS, PAD
-from ..train import (
-    SFTBatch,
-    catalog_index_of_sids,
-    collate,
-    make_sft_dataset,
-    sid_codes_for,
-)
+from ..train import SFTBatch, catalog_index_of_sids, collate, make_sft_dataset, sid_codes_for
 from ..train.distributed import resolve_device
-from .base import (
-    EpochSelection,
-    FitReport,
-    Recommendations,
-    Recommender,
-    Task,
-    timed_fit,
-)
+from .base import EpochSelection, FitReport, Recommendations, Recommender, Task, timed_fit
 
 WEIGHTS_FILE = "weights.pt"
 
