@@ -81,4 +81,27 @@ TORCH_LIBRARY(genrec, m) {
       "Tensor final_norm_weight, float final_eps, Tensor head_weight, Tensor? head_bias, Tensor sid_embedding, "
       "int[] level_sizes, Tensor[] child_offsets, Tensor[] child_codes, int beam_width, bool constrained) "
       "-> (Tensor, Tensor, Tensor)");
+  // GRPO-SR (paper eq. 8) fused with the LM head; full logits are never materialised. Row r of hidden [N, H]
+  // scores target token targets[r] (int64, in [0, V) or ignore_index) under the head weight [V, H] (+ bias [V]):
+  // logp_r = log_softmax(hidden_r W^T + b)[targets[r]]. Per-row coefficients [N] (any floating dtype):
+  //   loss = sum_r [ -min(ratio_r c_r, clip(ratio_r, 1 - epsilon_low, 1 + epsilon_high) c_r)   (c = policy_coef)
+  //                  - nll_coef_r logp_r + kl_coef_r (exp(ref_r - logp_r) - (ref_r - logp_r) - 1) ]
+  // with ratio_r = exp(logp_r - old_logp_r), or exp(logp_r - sg(logp_r)) = 1 when old_logp is None (the paper's
+  // pi / sg(pi): value 1, gradient c_r d logp_r); the KL term (k3 estimator) needs ref_logp and kl_coef together.
+  // Rows whose target is ignore_index add nothing and report logp 0. Returns (loss [] and logp [N] in float32
+  // (float64 for float64 inputs), then d loss / d (hidden, weight, bias) for the entries of grad_mask that are
+  // true, computed in the same sweep over the logits ([0]-sized tensors where false; grad_bias even without a
+  // bias). block_rows: rows per logits tile (0: chosen from a memory budget).
+  m.def(
+      "grpo_sr_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, Tensor policy_coef, "
+      "Tensor nll_coef, Tensor? old_logp=None, Tensor? ref_logp=None, Tensor? kl_coef=None, "
+      "float epsilon_low=0.2, float epsilon_high=0.2, int ignore_index=-100, int block_rows=0, "
+      "bool[3] grad_mask=[False, False, False]) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of grad_loss * loss + sum_r grad_logp[r] * logp_r (grad_logp may be None) with respect to
+  // (hidden, weight, bias), recomputing the logits tile by tile; [0]-sized where grad_mask is false.
+  m.def(
+      "grpo_sr_loss_backward(Tensor grad_loss, Tensor? grad_logp, Tensor hidden, Tensor weight, Tensor? bias, "
+      "Tensor targets, Tensor policy_coef, Tensor nll_coef, Tensor? old_logp, Tensor? ref_logp, Tensor? kl_coef, "
+      "float epsilon_low, float epsilon_high, int ignore_index, int block_rows, bool[3] grad_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 }

@@ -187,3 +187,26 @@ def beam_search(embeds: Tensor, prompt_mask: Tensor, cos: Tensor, sin: Tensor, l
                 rows.append(layer(token, cos[b, position], sin[b, position], beam_attention))
         logits = logits_of(torch.cat(rows), level + 1).view(bsz, beam_width, -1)
     return scores, codes.masked_fill(scores.isneginf()[..., None], -1), nodes
+
+
+def grpo_sr_loss(hidden: Tensor, weight: Tensor, targets: Tensor, policy_coef: Tensor, nll_coef: Tensor,
+                 bias: Tensor | None = None, *, old_logp: Tensor | None = None, epsilon: float = 0.2,
+                 epsilon_high: float | None = None, ref_logp: Tensor | None = None, kl_coef: Tensor | None = None,
+                 ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """Paper eq. 8 the eager way: the full ``[N, V]`` logits, ``log_softmax``, gather, and the per-token terms as TRL
+    writes them (``exp(logp - logp.detach())`` for pi / sg(pi), ``torch.min`` of the clipped surrogates, k3 KL),
+    differentiated by autograd. Returns (loss, per-row logp), in the accumulation dtype."""
+    acc = acc_dtype(hidden.dtype)
+    logits = F.linear(hidden, weight, bias).to(acc)  # [..., V], materialised
+    valid = targets != ignore_index
+    logp = logits.log_softmax(-1).gather(-1, targets.masked_fill(~valid, 0).unsqueeze(-1)).squeeze(-1)
+    logp = torch.where(valid, logp, torch.zeros((), dtype=acc))
+    c = policy_coef.to(acc)
+    ratio = torch.exp(logp - (logp.detach() if old_logp is None else old_logp.to(acc)))
+    high = epsilon if epsilon_high is None else epsilon_high
+    objective = torch.min(ratio * c, torch.clamp(ratio, 1 - epsilon, 1 + high) * c)
+    per_row = -objective - nll_coef.to(acc) * logp
+    if ref_logp is not None:
+        delta = ref_logp.to(acc) - logp
+        per_row = per_row + kl_coef.to(acc) * (torch.exp(delta) - delta - 1)
+    return torch.where(valid, per_row, torch.zeros((), dtype=acc)).sum(), logp

@@ -6,7 +6,7 @@ import torch
 
 # Public op names (torch.ops.genrec.<name>); their backward ops are internal.
 OPS: tuple[str, ...] = ("token_merge", "rq_assign", "beam_step", "shared_prefix_attention", "layer_qkv", "layer_out", "rms_norm",
-                        "beam_search")
+                        "beam_search", "grpo_sr_loss")
 
 
 def kernel_devices(op: str) -> list[str]:
