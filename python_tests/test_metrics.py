@@ -122,13 +122,13 @@ def test_hallucination_rate_with_generated_mask():
 # ----------------------------------------------------------------------------------------------- R@K
 
 
-def test_reward_at_k_ignores_nan_and_minus_inf():
-    r = np.array([[np.nan, 0.2, 0.9], [-np.inf, np.nan, np.nan], [0.5, 0.1, -0.3], [-0.4, -0.2, np.nan]])
-    assert reward_at_k(r, 1) == pytest.approx((0.5 - 0.4) / 2)  # q0 and q1 have no finite reward at rank 1
-    assert reward_at_k(r, 2) == pytest.approx((0.2 + 0.5 - 0.2) / 3)
-    assert reward_at_k(r, 3) == pytest.approx((0.9 + 0.5 - 0.2) / 3)
-    assert reward_at_k(torch.tensor(r, dtype=torch.float32), 3) == pytest.approx((0.9 + 0.5 - 0.2) / 3)
-    assert math.isnan(reward_at_k(r[1:2], 3))
+def test_reward_at_k_scores_invalid_slots_zero():
+    r = np.array([[np.nan, 0.2, 0.9], [-np.inf, np.nan, np.nan], [0.5, 0.1, 0.3], [0.4, 0.6, np.nan]])
+    assert reward_at_k(r, 1) == pytest.approx((0 + 0 + 0.5 + 0.4) / 4)  # invalid first slots score 0
+    assert reward_at_k(r, 2) == pytest.approx((0.2 + 0 + 0.5 + 0.6) / 4)
+    assert reward_at_k(r, 3) == pytest.approx((0.9 + 0 + 0.5 + 0.6) / 4)
+    assert reward_at_k(torch.tensor(r, dtype=torch.float32), 3) == pytest.approx((0.9 + 0 + 0.5 + 0.6) / 4)
+    assert reward_at_k(r[1:2], 3) == 0.0  # only hallucinations: nothing earned
     with pytest.raises(ValueError, match=r"\+inf"):
         reward_at_k(np.array([[np.inf]]), 1)
 

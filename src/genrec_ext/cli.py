@@ -262,6 +262,64 @@ def _cmd_experiment_table1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward_data(args: argparse.Namespace):
+    """(catalogue, splits, SID table) for `genrec reward train`: the built-in synthetic world (as `genrec experiment
+    table1 --data synthetic` builds it; --sids caches its SIDs), or a dataset directory as `genrec train sft`
+    reads it (page logs: last day = test, --valid-days before it = validation; LC-Rec JSON: leave-one-out)."""
+    from genrec_ext.data import load_splits
+    from genrec_ext.experiments import SYNTHETIC, Table1Spec, synthetic_task
+    from genrec_ext.sid import SIDTable
+
+    if args.data == SYNTHETIC:
+        spec = Table1Spec.load(SYNTHETIC)
+        from genrec_ext._config import from_mapping
+        from genrec_ext.data import SyntheticConfig
+
+        world = from_mapping(SyntheticConfig, {**spec.world, **_settings(argparse.Namespace(config=None, set=args.world))})
+        task = synthetic_task(world, max_history=args.max_history or spec.max_history, sid=spec.sid,
+                              sid_dir=args.sids, progress=not args.quiet)
+        if len(task.table) != len(task.catalog):
+            raise SystemExit(f"--sids {args.sids} holds SIDs of {len(task.table)} items, but this synthetic world has "
+                             f"{len(task.catalog)}: use another --sids directory for a changed --world")
+        return task.catalog, task.splits, task.table
+    if args.world:
+        raise SystemExit("--world only applies to --data synthetic")
+    if not args.sids:
+        raise SystemExit(f"--sids is required for --data {args.data} (a SID table directory: genrec sid build)")
+    catalog, splits = load_splits(args.data, max_history=args.max_history or 50, page_size=1,
+                                  valid_days=args.valid_days, progress=not args.quiet)
+    return catalog, splits, SIDTable.load(args.sids)
+
+
+def _cmd_reward_train(args: argparse.Namespace) -> int:
+    import json
+
+    from genrec_ext.reward import (
+        RewardTrainConfig,
+        format_auc_table,
+        train_reward_model,
+    )
+    from genrec_ext.reward.train import MODEL_DIR, REPORT_FILE
+
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "patience": args.patience,
+             "seed": args.seed, "negatives": args.negatives, "num_negatives": args.num_negatives, "device": args.device}
+    model = {k: v for k, v in {"search": args.search, "top_k": args.top_k, "dim": args.dim}.items() if v is not None}
+    try:
+        config = RewardTrainConfig.from_dict({**{k: v for k, v in flags.items() if v is not None}, "model": model})
+        catalog, splits, table = _reward_data(args)
+        result = train_reward_model(catalog, splits, table, config, out_dir=args.out, resume=args.resume,
+                                    overwrite=args.overwrite, progress=not args.quiet)
+    except (FileNotFoundError, FileExistsError, ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"genrec reward train: {exc}") from None
+    r = result.report
+    resumed = f" (resumed after epoch {result.resumed_from})" if result.resumed_from is not None else ""
+    print(f"reward model: {r['negatives']} negatives, selected epoch {r['selected_epoch']} of {r['epochs_run']} on "
+          f"validation AUC{resumed}; {r['train_seconds']:.0f} s")
+    print(format_auc_table(r))
+    print(f"model: {Path(args.out) / MODEL_DIR}; table: {Path(args.out) / REPORT_FILE}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrec", description="GenRec: page-wise generative recommendation with fused PyTorch ops."
@@ -376,6 +434,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sids", help="SID table directory (generative recommenders)")
         p.add_argument("--max-history", type=int, default=20)
         p.add_argument("--quiet", action="store_true")
+
+    rw = sub.add_parser("reward", help="the SIM-style reward model of GRPO-SR").add_subparsers(
+        dest="reward_command", metavar="SUBCOMMAND", required=True)
+    p = rw.add_parser("train", help="train on logged clicks (selected on validation AUC), report AUC vs popularity")
+    p.add_argument("--data", required=True, help="'synthetic' (the built-in world of experiment table1), a page-log "
+                   "directory or an LC-Rec directory")
+    p.add_argument("--sids", help="SID table directory (required unless --data synthetic, where it caches the SIDs)")
+    p.add_argument("--out", required=True, help="run directory: checkpoint.pt, metrics.jsonl, model/, reward_auc.json")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="pages (queries) per optimiser step")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--patience", type=int, help="epochs without a better validation AUC before stopping (0: never)")
+    p.add_argument("--search", choices=["hard", "soft"], help="general search unit (default hard)")
+    p.add_argument("--top-k", type=int, help="history items the search unit selects per candidate")
+    p.add_argument("--dim", type=int, help="embedding width")
+    p.add_argument("--negatives", choices=["auto", "exposures", "sampled"],
+                   help="exposed-not-clicked items (page logs) or uniform samples (sequence data); default auto")
+    p.add_argument("--num-negatives", type=int, help="sampled negatives per positive")
+    p.add_argument("--max-history", type=int, help="history cap (default: 50; synthetic: the table1 setting)")
+    p.add_argument("--valid-days", type=int, default=1, help="page logs: days before the test day for validation")
+    p.add_argument("--world", action="append", metavar="KEY=VALUE",
+                   help="--data synthetic: a SyntheticConfig field (repeatable), e.g. num_items=200")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reward_train)
 
     exp = sub.add_parser("experiment", help="the paper's tables").add_subparsers(
         dest="experiment_command", metavar="SUBCOMMAND", required=True)

@@ -20,8 +20,9 @@ Decisions:
   error; ``on_empty="skip"`` drops them from every metric and :func:`evaluate` reports how many.
 * Binary relevance; a repeated item in one list is relevant only at its first rank, so NDCG <= 1.
 * Averages are over queries (macro). HaR@K is a query's share of invalid slots among its *generated* top-K
-  slots; R@K and LongTail@K likewise average over the queries that have something to measure (at least one
-  generated slot, finite reward, valid item respectively); with no such query the value is NaN.
+  slots; LongTail@K likewise averages over the queries that have something to measure (at least one
+  generated slot, valid item respectively); with no such query the value is NaN. R@K averages over every
+  query, an invalid slot scoring 0.
 """
 
 from __future__ import annotations
@@ -307,16 +308,16 @@ def _har_per_query(rec: np.ndarray, gen: np.ndarray, k: int) -> np.ndarray:
 
 
 def reward_at_k(rewards: Any, k: int) -> float:
-    """R@K: mean over queries of the best reward among the top ``k`` slots of ``rewards`` ``[Q, K]``; NaN and
-    -inf (invalid slots) are ignored, and queries with no finite reward in the top ``k`` are left out."""
+    """R@K (paper §3.1): mean over queries of the best reward (``r_pref`` in [0, 1]) among the top ``k`` slots
+    of ``rewards`` ``[Q, K]``. NaN and -inf mark invalid slots (a SID that is no item, an empty slot): they
+    score 0, what recommending nothing earns, so a model is not rewarded for hallucinating."""
     r = _check_rewards(rewards)
     (k,) = check_ks(k, r.shape[1])
     return _mean(_best_reward(r, k))
 
 
 def _best_reward(r: np.ndarray, k: int) -> np.ndarray:
-    best = np.where(np.isnan(r[:, :k]), -np.inf, r[:, :k]).max(axis=1, initial=-np.inf)
-    return best[np.isfinite(best)]
+    return np.where(np.isfinite(r[:, :k]), r[:, :k], 0.0).max(axis=1, initial=0.0)
 
 
 def long_tail_items(item_popularity: Any) -> np.ndarray:

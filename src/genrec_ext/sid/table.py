@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_directory
+from ..data import ItemCatalog
 from .rqkmeans import RQCodebooks
 
 FORMAT = "genrec-sid/1"
@@ -219,3 +220,21 @@ def build_sid_table(embeddings, item_ids: list, codebooks: RQCodebooks, *, colli
         codes = np.concatenate([codes, rank[:, None]], axis=1)
         level_sizes.append(max_group)
     return SIDTable(codes, list(item_ids), level_sizes, codebooks, collision_level, stats)
+
+
+def sid_codes_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
+    """The SID of every catalogue item, ``[I, L]`` in catalogue order; an item without a SID is an error
+    naming it (the table was built on another catalogue)."""
+    rows = ItemCatalog(np.asarray(table.item_ids)).index(catalog.ids, missing="ignore")
+    missing = np.flatnonzero(rows < 0)
+    if len(missing):
+        named = ", ".join(repr(catalog.ids[i].item()) for i in missing[:5])
+        raise ValueError(f"{len(missing)} catalogue items have no SID in the SID table ({len(table)} items), "
+                         f"e.g. {named}: rebuild the SIDs for this catalogue (genrec sid build)")
+    return table.codes[rows]
+
+
+def catalog_index_of_sids(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
+    """The inverse direction, for decoding: the catalogue index of every SID-table row (-1 where the
+    catalogue lacks that item), so decoded SIDs map to the catalogue whatever the table's row order."""
+    return catalog.index(np.asarray(table.item_ids), missing="ignore")

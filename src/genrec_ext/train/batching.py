@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..data import ItemCatalog, PageSamples
-from ..sid import SIDTable, SIDVocab
+from ..sid import SIDTable, SIDVocab, catalog_index_of_sids, sid_codes_for  # noqa: F401 (re-exported)
 from ..sid.vocab import EOS, PAD
 
 Objective = Literal["page", "point"]
@@ -38,24 +38,6 @@ class SFTBatch:
 
     def __len__(self) -> int:
         return self.history.shape[0]
-
-
-def sid_codes_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
-    """The SID of every catalogue item, ``[I, L]`` in catalogue order; an item without a SID is an error
-    naming it (the table was built on another catalogue)."""
-    rows = ItemCatalog(np.asarray(table.item_ids)).index(catalog.ids, missing="ignore")
-    missing = np.flatnonzero(rows < 0)
-    if len(missing):
-        named = ", ".join(repr(catalog.ids[i].item()) for i in missing[:5])
-        raise ValueError(f"{len(missing)} catalogue items have no SID in the SID table ({len(table)} items), "
-                         f"e.g. {named}: rebuild the SIDs for this catalogue (genrec sid build)")
-    return table.codes[rows]
-
-
-def catalog_index_of_sids(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
-    """The inverse direction, for decoding: the catalogue index of every SID-table row (-1 where the
-    catalogue lacks that item), so decoded SIDs map to the catalogue whatever the table's row order."""
-    return catalog.index(np.asarray(table.item_ids), missing="ignore")
 
 
 class SFTDataset(torch.utils.data.Dataset):
