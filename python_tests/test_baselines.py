@@ -58,6 +58,16 @@ def test_user_sequences_of_page_logs_end_with_the_latest_pages_positives(task):
         assert list(seq[:len(seq) - n_pos][-len(train.history[latest]):]) == list(train.history[latest])
 
 
+def test_load_task_of_page_logs_holds_out_a_validation_day(tmp_path):
+    syn = data.generate_synthetic(data.SyntheticConfig(**WORLD), progress=False)
+    syn.write_parquet(tmp_path)
+    task = B.load_task(tmp_path, max_history=10)
+    splits = task.splits
+    assert len(splits.valid) > 0  # models are selected on it
+    assert splits.train.ts.max() < splits.valid_start <= splits.valid.ts.min()
+    assert splits.valid.ts.max() < splits.test_start == splits.valid_start + 86400.0
+
+
 # ------------------------------------------------------------------------------------- MostPop, Oracle
 
 

@@ -195,13 +195,15 @@ def evaluate_recommender(recommender: Recommender, task: Task, split: Split = "t
 
 
 def load_task(data: str | Path, *, sids: str | Path | None = None, max_history: int = 20, name: str | None = None,
-              progress: bool = False) -> Task:
-    """A :class:`Task` from a dataset directory (LC-Rec JSON: leave-one-out; page logs: last day held out) and
-    an optional SID table directory."""
+              valid_days: int = 1, progress: bool = False) -> Task:
+    """A :class:`Task` from a dataset directory (LC-Rec JSON: leave-one-out; page logs: the last day is the test
+    split and the ``valid_days`` before it the validation split that selects models) and an optional SID table
+    directory."""
     from ..data import load_lcrec, load_splits
 
     path = Path(data)
-    catalog, splits = load_splits(path, max_history=max_history, page_size=1, progress=progress)
+    catalog, splits = load_splits(path, max_history=max_history, page_size=1, valid_days=valid_days,
+                                  progress=progress)
     repage = None
     if any(path.glob("*.inter.json")):
         def repage(k: int) -> Splits:
