@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextlib.contextmanager
@@ -68,3 +69,15 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_meta(directory: str | Path, name: str, what: str, fmt: str | None = None) -> dict[str, Any]:
+    """The JSON metadata file ``name`` of a saved directory (a model, a reward model, a recommender), with
+    errors that say what the directory should have been; ``fmt`` checks its ``format`` field."""
+    path = Path(directory) / name
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} is not {what} (missing {name})")
+    meta = json.loads(path.read_text())
+    if fmt is not None and meta.get("format") != fmt:
+        raise ValueError(f"{path}: format {meta.get('format')!r} is not {fmt!r}")
+    return meta

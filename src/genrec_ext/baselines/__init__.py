@@ -13,10 +13,10 @@ Typical use::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from .._io import read_meta
 from .base import (
     META_FILE,
     FitReport,
@@ -46,10 +46,7 @@ def make(name: str, settings: dict[str, Any] | None = None) -> Recommender:
 def load_recommender(directory: str | Path, task: Task) -> Recommender:
     """A fitted recommender saved with :meth:`Recommender.save`."""
     directory = Path(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{directory} holds no fitted recommender (missing {META_FILE})")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(directory, META_FILE, "a fitted recommender's directory")
     rec = make(meta["name"], meta.get("config"))
     rec._load_state(directory, task)
     return rec

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from .._io import atomic_directory
+from .._io import atomic_directory, read_meta
 from ..nn import TokenMerger
 from ..sid import SIDVocab
 from ..sid.vocab import BOS, EOS, PAD, SEP, SPECIALS
@@ -233,12 +233,7 @@ class GenRecModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> GenRecModel:
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{directory} is not a GenRec model directory (missing {META_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = read_meta(directory, META_FILE, "a GenRec model directory", FORMAT)
         config = ModelConfig(**meta["model"])
         backbone = Qwen2ForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
         model = cls(config, SIDVocab(tuple(meta["level_sizes"])), backbone, meta["token_offset"])

@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .._config import check, from_mapping
-from .._io import atomic_directory
+from .._io import atomic_directory, read_meta
 
 FORMAT = "genrec-reward/1"
 META_FILE = "reward_model.json"
@@ -257,12 +257,7 @@ class SIMRewardModel(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> SIMRewardModel:
         directory = Path(directory)
-        meta_path = directory / META_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(f"{directory} is not a reward model directory (missing {META_FILE})")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        meta = read_meta(directory, META_FILE, "a reward model directory", FORMAT)
         model = cls(RewardModelConfig.from_dict(meta["config"]))
         model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(map_location)))
         return model.eval()
