@@ -105,6 +105,63 @@ RECIPE = {"epochs": 20, "global_batch_size": 256, "lr": 3e-3, "patience": 3}
 
 
 
+def _load_reward(directory: str, catalog, table, **flags):
+    """The hybrid reward of a `genrec reward train` run directory (its model/ or the run itself)."""
+    from genrec_ext.reward import HybridReward
+
+    path = Path(directory)
+    if not (path / "reward_model.json").exists() and not (path / "model" / "reward_model.json").exists():
+        raise FileNotFoundError(f"--reward {directory} is not a reward model directory (genrec reward train --out)")
+    return HybridReward.load(path, catalog, table, **flags)
+
+
+def _cmd_train_rl(args: argparse.Namespace) -> int:
+    import json
+
+    from genrec_ext.eval import make_rl_validator
+    from genrec_ext.model import GenRecModel
+    from genrec_ext.train.rl import RLConfig, train_rl
+
+    flags = {"out_dir": args.out, "num_generations": args.num_generations, "alpha": args.alpha,
+             "gate": False if args.no_gate else None, "tau": args.tau, "constrained": False if args.unconstrained else None,
+             "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size, "steps": args.steps,
+             "epochs": args.epochs, "eval_every": args.eval_every, "select_metric": args.select_metric,
+             "checkpoint_every": args.checkpoint_every, "seed": args.seed, "device": args.device,
+             "max_history": args.max_history, "overwrite": args.overwrite or None}
+    try:
+        config = RLConfig.from_dict({k: v for k, v in flags.items() if v is not None})
+        if not (Path(args.init) / "genrec.json").exists():
+            raise FileNotFoundError(f"--init {args.init} is not a GenRec model directory (an SFT run's model/)")
+        model = GenRecModel.from_pretrained(args.init)
+        catalog, splits, table = _reward_data(args)
+        if model.vocab.level_sizes != tuple(table.level_sizes):
+            raise ValueError(f"--init {args.init} was trained on SID levels {list(model.vocab.level_sizes)}, but the "
+                             f"SID table has {list(table.level_sizes)}: use the --sids the model was trained with")
+        reward = _load_reward(args.reward, catalog, table)
+        validate = None
+        if args.validate:
+            if len(splits.valid) == 0:
+                raise ValueError(f"{args.data} has no validation split (page logs: --valid-days >= 1); pass "
+                                 f"--no-validate to train without model selection")
+            validate = make_rl_validator(splits.valid, catalog, table, reward, beam_width=args.valid_beam,
+                                         max_queries=args.valid_queries, max_history=config.max_history or
+                                         args.max_history or 50, seed=config.seed)
+        result = train_rl(model, reward, (catalog, splits, table), config, resume=args.resume,
+                          progress=not args.quiet, validate=validate)
+    except (FileNotFoundError, FileExistsError, ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"genrec train rl: {exc}") from None
+    variant = ("GRPO-SR" if config.alpha > 0 else "GRPO") + ("" if config.gate else " w/o gate")
+    print(f"{variant}: {result.step}/{result.total_steps} steps ({'constrained' if config.constrained else 'unconstrained'} "
+          f"rollouts, G={config.num_generations}); outputs in {args.out}")
+    if result.start is not None:
+        print("SFT start (valid): " + ", ".join(f"{k} {v:.4f}" for k, v in result.start.items()))
+    if result.best is not None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.best["metrics"].items())
+        print(f"selected step {result.best['step']} on validation {config.select_metric} ({shown}); saved as "
+              f"{result.model_dir}")
+    return 0
+
+
 def _cmd_train_plot(args: argparse.Namespace) -> int:
     from genrec_ext.train.metrics import plot_loss_curves
 
@@ -130,16 +187,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if model.vocab.level_sizes != tuple(table.level_sizes):
         raise SystemExit(f"--model {args.model} uses SID levels {list(model.vocab.level_sizes)} but --sids "
                          f"{args.sids} has {table.level_sizes}")
-    model.to(resolve_device(args.device or "auto"))
-    catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=1, progress=not args.quiet)
+    device = resolve_device(args.device or "auto")
+    model.to(device)
+    from genrec_ext.experiments import SYNTHETIC
+
+    try:
+        if args.data == SYNTHETIC:
+            catalog, splits, _ = _reward_data(args)
+        else:
+            if args.world:
+                raise SystemExit("--world only applies to --data synthetic")
+            catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=1,
+                                          valid_days=args.valid_days, progress=not args.quiet)
+        reward = _load_reward(args.reward, catalog, table).to(device) if args.reward else None
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"genrec eval: {exc}") from None
     samples = getattr(splits, args.split)
+    if len(samples) == 0:
+        raise SystemExit(f"genrec eval: the {args.split} split of {args.data} is empty"
+                         + (" (page logs: pass --valid-days >= 1 for a validation split)" if args.split == "valid" else ""))
     if args.max_queries:
         samples = samples.subset(slice(0, args.max_queries))
     popularity = item_popularity(splits.train)
     modes = ["constrained", "unconstrained"] if args.unconstrained else ["constrained"]
     results = {mode: evaluate_model(model, samples, catalog, table, beam_width=args.beam, constrained=mode == "constrained",
                                     popularity=popularity, batch_size=args.batch_size, max_history=args.max_history,
-                                    progress=not args.quiet) for mode in modes}
+                                    progress=not args.quiet, reward=reward) for mode in modes}
     print(format_table(results))
     md, js = write_report(results, args.out, f"eval_{args.split}")
     print(f"report: {md}, {js}")
@@ -389,6 +462,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that has checkpoints")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train_sft)
+    p = train.add_parser("rl", help="GRPO-SR preference alignment of an SFT model (paper §2.3, eq. 8)")
+    p.add_argument("--init", required=True, help="the SFT model directory to start from (a run's model/)")
+    p.add_argument("--reward", required=True, help="reward model directory (genrec reward train --out)")
+    p.add_argument("--data", required=True, help="'synthetic' (as genrec reward train), a page-log or LC-Rec directory")
+    p.add_argument("--sids", help="SID table directory (required unless --data synthetic, where it caches the SIDs)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, metrics.jsonl, rl.png, model/")
+    p.add_argument("--world", action="append", metavar="KEY=VALUE", help="synthetic world overrides")
+    p.add_argument("--alpha", type=float, help="NLL weight on the positives (0 = GRPO; default 1.0)")
+    p.add_argument("--no-gate", action="store_true", help="ablation: no relevance gate (the 'w/o gate' rows)")
+    p.add_argument("--tau", type=float, help="gate threshold (default: the reward's)")
+    p.add_argument("--unconstrained", action="store_true", help="rollouts without the trie (hallucinations possible)")
+    p.add_argument("--num-generations", type=int, help="group size G = rollout beam width (default 8)")
+    p.add_argument("--beta", type=float, help="KL weight to the frozen SFT model (default 0)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the training queries)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int, help="queries per step (default 16)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--max-history", type=int, help="history cap (default 50; synthetic: the table1 setting)")
+    p.add_argument("--valid-days", type=int, default=1, help="page logs: days before the test day for validation")
+    p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                   help="validate and keep the best weights (default on)")
+    p.add_argument("--eval-every", type=int, help="steps between validations (default 50)")
+    p.add_argument("--select-metric", help="validation metric to maximise (R@1, R@10, HR@10, NDCG@10; default R@10)")
+    p.add_argument("--valid-queries", type=int, default=512, help="validation queries per check (0: all)")
+    p.add_argument("--valid-beam", type=int, default=10, help="beam width of the validation searches")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that has checkpoints")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train_rl)
+
     p = train.add_parser("plot", help="overlay loss curves of runs (e.g. PW-NTP vs NTP)")
     p.add_argument("runs", nargs="+", help="LABEL=RUN_DIR (or RUN_DIR)")
     p.add_argument("--out", required=True, help="PNG path")
@@ -407,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--reward", help="reward model directory (genrec reward train --out): adds R@K to the table")
+    p.add_argument("--world", action="append", metavar="KEY=VALUE", help="--data synthetic: world overrides")
+    p.add_argument("--valid-days", type=int, default=0, help="page logs: days before the test day held out as the "
+                   "valid split (as train sft used them)")
     p.add_argument("--out", default="eval", help="report directory (Markdown + JSON)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)

@@ -27,7 +27,7 @@ from .metrics import (
 )
 from .report import format_table, write_report
 
-_RUN = ("evaluate_model", "item_popularity", "make_validator", "recommend")
+_RUN = ("evaluate_model", "item_popularity", "item_rewards", "make_rl_validator", "make_validator", "recommend")
 
 
 def __getattr__(name: str):
@@ -39,7 +39,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
-    "evaluate_model", "item_popularity", "make_validator", "recommend",
+    "evaluate_model", "item_popularity", "item_rewards", "make_rl_validator", "make_validator", "recommend",
     "DEFAULT_KS", "EmptyGroundTruthError", "evaluate", "format_table", "ground_truth_csr", "hallucination_rate",
     "hit_rate", "long_tail_items", "long_tail_share", "ndcg", "relevance", "reward_at_k", "write_report",
 ]

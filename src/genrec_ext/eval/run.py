@@ -46,14 +46,39 @@ def recommend(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, ta
 
 def evaluate_model(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, table: SIDTable, *,
                    beam_width: int = 50, constrained: bool = True, ks=DEFAULT_KS, popularity: np.ndarray | None = None,
-                   batch_size: int = 64, max_history: int | None = None, progress: bool = True) -> dict[str, float]:
-    """HR@K / NDCG@K against each page's positives D+ (or the held-out item), HaR@K, and the long-tail share.
-    Pages without positives (exposures only) cannot be scored: they are skipped and counted (``skipped_empty``)."""
+                   batch_size: int = 64, max_history: int | None = None, progress: bool = True,
+                   reward=None) -> dict[str, float]:
+    """HR@K / NDCG@K against each page's positives D+ (or the held-out item), HaR@K, and the long-tail share;
+    with ``reward`` (a :class:`genrec_ext.reward.HybridReward`) also R@K, the reward model's best ``r_pref``
+    among the top K (0 for a SID that is no item). Pages without positives (exposures only) cannot be scored:
+    they are skipped and counted (``skipped_empty``)."""
     items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, constrained=constrained,
                                  batch_size=batch_size, max_history=max_history, progress=progress)
     ks = tuple(k for k in ks if k <= beam_width) or (beam_width,)
+    rewards = None if reward is None else item_rewards(reward, samples, items, max_history=max_history)
     return evaluate(items, samples.positives, ks=ks, item_popularity=popularity, generated=generated,
-                    on_empty="skip")
+                    rewards=rewards, on_empty="skip")
+
+
+@torch.no_grad()
+def item_rewards(reward, samples: PageSamples, items: np.ndarray, *, max_history: int | None = None,
+                 batch_size: int = 256) -> np.ndarray:
+    """``r_pref`` of recommended catalogue items ``[Q, K]`` for each sample's history (``reward``: a
+    :class:`genrec_ext.reward.HybridReward`), NaN where the slot holds no item (R@K counts it 0)."""
+    items = np.asarray(items, dtype=np.int64)
+    out = np.full(items.shape, np.nan, dtype=np.float64)
+    device = reward.item_codes.device
+    for start in range(0, len(items), batch_size):
+        rows = range(start, min(start + batch_size, len(items)))
+        hists = [samples.history[i] if max_history is None else samples.history[i][-max_history:] for i in rows]
+        hist = torch.full((len(hists), max(1, max(len(h) for h in hists))), -1, dtype=torch.int64)
+        for b, h in enumerate(hists):
+            hist[b, :len(h)] = torch.tensor(h, dtype=torch.int64)
+        rec = torch.from_numpy(items[start:start + len(hists)]).to(device)
+        codes = reward.item_codes[rec.clamp(min=0)].masked_fill((rec < 0)[..., None], -1)
+        r = reward.r_pref(hist.to(device), codes).double().cpu().numpy()
+        out[start:start + len(hists)] = np.where(items[start:start + len(hists)] >= 0, r, np.nan)
+    return out
 
 
 def make_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, *, beam_width: int = 20,
@@ -71,5 +96,33 @@ def make_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, 
                                      max_history=max_history, progress=False)
         m = evaluate(items, samples.positives, ks=(10,), generated=generated, on_empty="skip")
         return {"HR@10": m["HR@10"], "NDCG@10": m["NDCG@10"]}
+
+    return validate
+
+
+def make_rl_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, reward, *, beam_width: int = 10,
+                      ks=(1, 10), max_queries: int | None = 512, max_history: int | None = None, batch_size: int = 64,
+                      unconstrained: bool = True, seed: int = 0):
+    """A ``validate(model)`` for :func:`genrec_ext.train.train_rl`: on a seeded sample of ``max_queries``
+    validation pages, a constrained beam search gives ``R@K`` (``reward``'s best ``r_pref`` among the top K),
+    ``HR@K`` and ``NDCG@K`` for K in ``ks``; with ``unconstrained`` a free search gives ``HaR@K`` (share of
+    hallucinated SIDs in the top K)."""
+    if max_queries and len(samples) > max_queries:
+        pick = np.random.default_rng(seed).choice(len(samples), max_queries, replace=False)
+        samples = samples.subset(np.sort(pick))
+    ks = tuple(k for k in ks if k <= beam_width) or (beam_width,)
+
+    def validate(model: GenRecModel) -> dict[str, float]:
+        items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, batch_size=batch_size,
+                                     max_history=max_history, progress=False)
+        rewards = item_rewards(reward, samples, items, max_history=max_history)
+        m = evaluate(items, samples.positives, ks=ks, generated=generated, rewards=rewards, on_empty="skip")
+        out = {f"{name}@{k}": m[f"{name}@{k}"] for name in ("R", "HR", "NDCG") for k in ks}
+        if unconstrained:
+            items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, constrained=False,
+                                         batch_size=batch_size, max_history=max_history, progress=False)
+            free = evaluate(items, samples.positives, ks=ks, generated=generated, on_empty="skip")
+            out.update({f"HaR@{k}": free[f"HaR@{k}"] for k in ks})
+        return out
 
     return validate
