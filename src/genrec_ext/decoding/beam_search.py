@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import ops
 from ..model import GenRecModel
 from ..sid import SIDTable, SIDTrie
-from ..train.batching import SFTBatch
+from ..model import SFTBatch
 from .weights import search_weights
 
 

@@ -1,6 +1,7 @@
 """The GenRec model: a Qwen2 decoder with the SID vocabulary and the Token Merger prompt."""
 
+from .batch import SFTBatch
 from .config import PRESETS, ModelConfig
 from .genrec import GenRecModel, Layout, SFTOutput, build_model
 
-__all__ = ["PRESETS", "GenRecModel", "Layout", "ModelConfig", "SFTOutput", "build_model"]
+__all__ = ["PRESETS", "GenRecModel", "Layout", "ModelConfig", "SFTBatch", "SFTOutput", "build_model"]

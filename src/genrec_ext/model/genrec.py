@@ -28,7 +28,7 @@ from .._io import atomic_directory, read_meta
 from ..nn import TokenMerger
 from ..sid import SIDVocab
 from ..sid.vocab import BOS, EOS, PAD, SEP, SPECIALS
-from ..train.batching import SFTBatch
+from .batch import SFTBatch
 from .config import ModelConfig
 
 FORMAT = "genrec-model/1"

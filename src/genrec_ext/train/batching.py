@@ -9,35 +9,17 @@ Objectives (paper §2.2):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ..data import ItemCatalog, PageSamples
+from ..model.batch import SFTBatch
 from ..sid import SIDTable, SIDVocab, catalog_index_of_sids, sid_codes_for  # noqa: F401 (re-exported)
 from ..sid.vocab import EOS, PAD
 
 Objective = Literal["page", "point"]
-
-
-@dataclass
-class SFTBatch:
-    """Right-padded token tensors (int64). ``history[b, :history_len[b]]`` are the L tokens of each history
-    item, oldest first; ``target[b, :target_len[b]]`` the tokens to predict (``<eos>`` included in page mode)."""
-
-    history: Tensor  # [B, N, L], PAD beyond history_len
-    history_len: Tensor  # [B]
-    target: Tensor  # [B, T], PAD beyond target_len
-    target_len: Tensor  # [B]
-
-    def to(self, device) -> SFTBatch:
-        return SFTBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
-
-    def __len__(self) -> int:
-        return self.history.shape[0]
 
 
 class SFTDataset(torch.utils.data.Dataset):
