@@ -393,6 +393,13 @@ def _cmd_reward_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every training command shares: resuming, overwriting and quiet runs."""
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genrec", description="GenRec: page-wise generative recommendation with fused PyTorch ops."
@@ -458,9 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-queries", type=int, default=4096, help="validation queries per check (0: all)")
     p.add_argument("--valid-beam", type=int, default=20, help="beam width of the validation searches")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that has checkpoints")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=_cmd_train_sft)
     p = train.add_parser("rl", help="GRPO-SR preference alignment of an SFT model (paper §2.3, eq. 8)")
     p.add_argument("--init", required=True, help="the SFT model directory to start from (a run's model/)")
@@ -490,9 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that has checkpoints")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=_cmd_train_rl)
 
     p = train.add_parser("plot", help="overlay loss curves of runs (e.g. PW-NTP vs NTP)")
@@ -568,9 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--data synthetic: a SyntheticConfig field (repeatable), e.g. num_items=200")
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh in an --out that holds a run")
-    p.add_argument("--quiet", action="store_true")
+    _add_run_flags(p)
     p.set_defaults(func=_cmd_reward_train)
 
     exp = sub.add_parser("experiment", help="the paper's tables").add_subparsers(
