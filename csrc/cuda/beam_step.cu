@@ -19,9 +19,6 @@ constexpr int64_t kMaxBeams = kBeamStepMaxBeams;  // shared-memory slots per blo
 template <typename A> __device__ __forceinline__ A lowest();  // the most negative finite value
 template <> __device__ __forceinline__ float lowest<float>() { return -FLT_MAX; }
 template <> __device__ __forceinline__ double lowest<double>() { return -DBL_MAX; }
-template <typename A> __device__ __forceinline__ A neg_inf();
-template <> __device__ __forceinline__ float neg_inf<float>() { return -FLT_MAX * 2.0f; }
-template <> __device__ __forceinline__ double neg_inf<double>() { return -DBL_MAX * 2.0; }
 
 template <typename A> struct Pick {
   A score;

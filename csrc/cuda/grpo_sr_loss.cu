@@ -4,7 +4,6 @@
 // (grid-stride), coalesced along the vocabulary. Arithmetic in float (double for float64).
 #include <algorithm>
 #include <cstdint>
-#include <limits>
 
 #include "grpo_sr_loss.h"
 #include "kernel_common.cuh"
@@ -18,8 +17,6 @@ constexpr int64_t kMaxBlocks = int64_t{1} << 20;  // grid-stride loops cover the
 
 __device__ __forceinline__ float log_acc(float x) { return logf(x); }
 __device__ __forceinline__ double log_acc(double x) { return log(x); }
-
-template <typename A> __device__ __forceinline__ A neg_inf() { return -std::numeric_limits<A>::infinity(); }
 
 // Folds (m2, s2) — a max and the sum of exp(x - m2) — into (m, s). A -inf maximum carries no mass; NaNs
 // propagate into s.
@@ -73,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) row_lse_kernel(const A* __restrict__
   if (t == ignore_index) {
     target_logit[r] = 0;
   } else {
-    target_logit[r] = (t >= 0 && t < vocab) ? row[t] : std::numeric_limits<A>::quiet_NaN();  // never out of bounds
+    target_logit[r] = (t >= 0 && t < vocab) ? row[t] : quiet_nan<A>();  // never out of bounds
   }
 }
 
