@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -11,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -81,3 +84,16 @@ def read_meta(directory: str | Path, name: str, what: str, fmt: str | None = Non
     if fmt is not None and meta.get("format") != fmt:
         raise ValueError(f"{path}: format {meta.get('format')!r} is not {fmt!r}")
     return meta
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with NaN floats as None (JSON has no NaN) and numpy scalars as Python numbers, recursively."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else obj
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_ready(obj.item())
+    return obj

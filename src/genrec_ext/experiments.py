@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import baselines as B
 from . import data
-from ._io import atomic_file
+from ._io import atomic_file, json_ready
 from .sid import RQKMeansConfig, SIDTable, build_sid_table, train_rq_kmeans
 
 CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "experiments" / "table1.yaml"
@@ -141,20 +141,8 @@ def run_one(row: Row, seed: int, task: B.Task, run_dir: Path, ks: tuple[int, ...
               "settings": settings, "metrics": metrics, "train_s": report.seconds,
               "selected": {k: v for k, v in report.selected.items() if k != "history"}}
     with atomic_file(run_dir / RESULT_FILE) as f:
-        json.dump(_finite(result), f, indent=2)
+        json.dump(json_ready(result), f, indent=2)
     return result
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj
 
 
 def run_table1(dataset: str | Path, out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), sids: str | Path | None = None,
@@ -250,7 +238,7 @@ def write_summary(summary: dict[str, Any], out: Path, spec: Table1Spec) -> None:
         f.write(f"Table 1 on {summary['dataset']} ({summary['items']} items, {summary['test_queries']} test "
                 f"queries); mean ± std over seeds, model selected on validation, test read once.\n\n{table}\n")
     with atomic_file(out / "table1.json") as f:
-        json.dump(_finite(summary), f, indent=2)
+        json.dump(json_ready(summary), f, indent=2)
     curves = {}
     for row in spec.rows:  # the decoder rows' SFT losses, first seed
         metrics = out / "runs" / row.slug / f"seed{summary['rows'].get(row.label, {}).get('seeds', [0])[0]}" / "train" \

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .._config import check, from_mapping
-from .._io import atomic_file
+from .._io import atomic_file, json_ready
 from ..data import ItemCatalog, Splits
 from ..sid import SIDTable, sid_codes_for
 from .examples import Examples, build_examples, make_batch, resolve_negatives
@@ -148,18 +148,6 @@ def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state()}
 
 
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_ready(obj.item())
-    return obj
-
-
 def train_reward_model(catalog: ItemCatalog, splits: Splits, table: SIDTable,
                        config: RewardTrainConfig | None = None, *, out_dir: str | Path, resume: bool = False,
                        overwrite: bool = False, progress: bool = True) -> RewardTrainResult:
@@ -260,7 +248,7 @@ def train_reward_model(catalog: ItemCatalog, splits: Splits, table: SIDTable,
         epoch_bar.set_postfix(loss=f"{record['loss']:.4f}", valid_AUC=f"{metrics['AUC']:.4f}",
                               best=f"{state['best_auc']:.4f}@{state['best_epoch']}")
         with atomic_file(out / METRICS_FILE) as f:
-            f.write("".join(json.dumps(_json_ready(r)) + "\n" for r in state["history"]))
+            f.write("".join(json.dumps(json_ready(r)) + "\n" for r in state["history"]))
         _save_checkpoint(ckpt_path, model, optimizer, config, state)
         if state["stopped"]:
             break
@@ -273,7 +261,7 @@ def train_reward_model(catalog: ItemCatalog, splits: Splits, table: SIDTable,
     report.update(selected_epoch=state["best_epoch"], epochs_run=state["epoch"], stopped_early=state["stopped"],
                   train_seconds=state["elapsed"], negatives=mode, history=state["history"],
                   model_config=model_config.to_dict(), train_config=config.to_dict())
-    report = _json_ready(report)
+    report = json_ready(report)
     model.save(out / MODEL_DIR, extra={"auc": {s: report[s] for s in ("valid", "test")},
                                        "selected_epoch": report["selected_epoch"]})
     with atomic_file(out / REPORT_FILE) as f:
