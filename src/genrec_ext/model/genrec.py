@@ -182,12 +182,16 @@ class GenRecModel(nn.Module):
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
         return out.last_hidden_state
 
-    def token_logits(self, hidden: Tensor, start: int = 0, size: int | None = None) -> Tensor:
-        """Logits over our tokens ``[start, start + size)`` (default: the whole SID vocabulary) only."""
+    def head_block(self, start: int = 0, size: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """The LM head's (weight, bias) rows of our tokens ``[start, start + size)`` (default: all of them)."""
         head = self.backbone.get_output_embeddings()
         lo = self.token_offset + start
         hi = lo + (self.vocab.size - start if size is None else size)
-        return F.linear(hidden, head.weight[lo:hi], None if head.bias is None else head.bias[lo:hi])
+        return head.weight[lo:hi], None if head.bias is None else head.bias[lo:hi]
+
+    def token_logits(self, hidden: Tensor, start: int = 0, size: int | None = None) -> Tensor:
+        """Logits over our tokens ``[start, start + size)`` (default: the whole SID vocabulary) only."""
+        return F.linear(hidden, *self.head_block(start, size))
 
     def forward(self, batch: SFTBatch) -> SFTOutput:
         lay = self.layout(batch)

@@ -250,12 +250,7 @@ def teacher_forced_hidden(model, history: Tensor, history_len: Tensor, targets: 
 
 def level_heads(model) -> list[tuple[Tensor, Tensor | None]]:
     """The LM head's (weight, bias) block of each SID level (decoding's level-wise softmax)."""
-    head = model.backbone.get_output_embeddings()
-    out = []
-    for start, size in zip(model.vocab.offsets, model.vocab.level_sizes):
-        lo = model.token_offset + start
-        out.append((head.weight[lo:lo + size], None if head.bias is None else head.bias[lo:lo + size]))
-    return out
+    return [model.head_block(start, size) for start, size in zip(model.vocab.offsets, model.vocab.level_sizes)]
 
 
 def grpo_sr_rows(codes: Tensor, alive: Tensor, advantages: Tensor, positive_codes: Tensor,
