@@ -20,6 +20,8 @@ from genrec_ext.model import GenRecModel, build_model
 from genrec_ext.reward import HybridReward, RewardTrainConfig, train_reward_model
 from genrec_ext.sid import SIDTrie
 from genrec_ext.train import SFTConfig, make_sft_dataset, train_sft
+from genrec_ext.train import checkpoint as ckpt
+from genrec_ext.train.metrics import read_metrics
 from genrec_ext.train.rl import (
     RLConfig,
     RLQueries,
@@ -29,6 +31,8 @@ from genrec_ext.train.rl import (
     teacher_forced_hidden,
     train_rl,
 )
+
+from ._launch import finish, torchrun
 
 WORLD = {"num_items": 150, "num_users": 80, "seed": 0}
 HISTORY = 10
@@ -250,6 +254,36 @@ def test_kl_to_the_sft_start_and_clipped_multi_step_updates_run(task, sft_dir, r
     assert any(not torch.equal(start[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(task, sft_dir, rm_dir, tmp_path):
+    """`genrec train rl` under torchrun, 2 CPU ranks on gloo, 4 of the 8 queries of a step each, advantages
+    scaled by the whole step's reward std (gathered over ranks), vs one plain process."""
+    sids = tmp_path / "sids"
+    task.table.save(sids)
+    args = ["train", "rl", "--init", str(sft_dir), "--reward", str(rm_dir), "--data", "synthetic", "--world",
+            "num_items=150", "--world", "num_users=80", "--sids", str(sids), "--max-history", str(HISTORY),
+            "--steps", "5", "--batch-size", "8", "--num-generations", "4", "--lr", "1e-3", "--alpha", "0.5",
+            "--unconstrained", "--scale-rewards", "batch", "--no-validate", "--device", "cpu", "--quiet"]
+    proc = torchrun("-m", "genrec_ext.cli", *args, "--out", tmp_path / "ddp")
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0  # meanwhile, one plain process
+    finish(proc)
+    ranked, single = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("ddp", "single"))
+    assert [r["step"] for r in ranked] == [r["step"] for r in single] == [5]  # rank 0 alone logs
+    assert ranked[0]["queries_per_step"] == single[0]["queries_per_step"] == 8
+    for key in ("loss", "reward", "r_pref", "invalid_share"):
+        assert ranked[0][key] == pytest.approx(single[0][key], rel=1e-4, abs=1e-6), key
+    # a mean over each rank's positives, then over ranks: close to the step's mean, not equal
+    assert ranked[0]["nll_positives"] == pytest.approx(single[0]["nll_positives"], rel=0.02)
+    a, b = (ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path / run / ckpt.CHECKPOINT_DIR, 5))["model"]
+            for run in ("ddp", "single"))
+    start = GenRecModel.from_pretrained(sft_dir).state_dict()
+    assert max((a[k] - start[k]).abs().max().item() for k in a) > 1e-3  # it did train
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 5e-5, f"weights differ by up to {worst:.3g}"
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    assert (tmp_path / "ddp" / "model" / "genrec.json").exists()
+
+
 def test_cli_train_rl_and_eval_with_reward(task, sft_dir, rm_dir, tmp_path, capsys):
     sids = tmp_path / "sids"
     task.table.save(sids)
@@ -281,3 +315,34 @@ def test_cli_train_rl_and_eval_with_reward(task, sft_dir, rm_dir, tmp_path, caps
         main([*args, "--overwrite", "--num-generations", "1"])
     with pytest.raises(SystemExit, match="is not a reward model directory"):
         main(["eval", "--model", str(out / "model"), *data, "--reward", str(tmp_path / "nope"), "--quiet"])
+
+
+def test_experiment_table3_smoke_runs_every_row_and_resumes(tmp_path, capsys):
+    """`genrec experiment table3 --smoke`: SFT start (Table 1's GenRec row), the four RL variants and MostPop,
+    2 seeds; every row gets R@K from the one reward model, the paper's claims are checked, and a re-run
+    redoes only what is missing."""
+    out = tmp_path / "t3"
+    assert main(["experiment", "table3", "--out", str(out), "--seeds", "0,1", "--smoke", "--quiet"]) == 0
+    shown = capsys.readouterr().out
+    summary = json.loads((out / "table3.json").read_text())
+    assert list(summary["rows"]) == ["SFT", "GRPO", "GRPO-SR", "GRPO w/o gate", "GRPO-SR w/o gate", "MostPop"]
+    assert summary["rows"]["GRPO-SR"]["seeds"] == [0, 1] and summary["rows"]["MostPop"]["seeds"] == [None]
+    for row in summary["rows"].values():
+        r1, r10 = row["R@1"]["mean"], row["R@10"]["mean"]
+        assert 0 < r1 <= r10 <= 1
+    assert summary["rows"]["MostPop"]["HaR@10"]["mean"] is None  # not generative
+    assert summary["rows"]["SFT"]["invalid"]["mean"] is None  # no rollouts
+    assert [c["claim"] for c in summary["checks"]][:2] == ["GRPO-SR raises R@1 over SFT", "GRPO raises R@1 over SFT"]
+    assert "GRPO-SR raises R@1 over SFT" in shown and (out / "table3_rl.png").stat().st_size > 1000
+    # the RL runs start from Table 1's GenRec runs (same directory layout), with the row's settings
+    grpo = json.loads((out / "runs" / "table3" / "grpo-w-o-gate" / "seed1" / "result.json").read_text())
+    assert grpo["start"] == str(out / "runs" / "genrec" / "seed1" / "train" / "model")
+    assert grpo["settings"]["gate"] is False and grpo["settings"]["alpha"] == 0.0 and grpo["settings"]["seed"] == 1
+    assert grpo["settings"]["constrained"] is False
+    results = sorted(out.glob("runs/table3/*/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    results[0].unlink()  # "interrupted"
+    assert main(["experiment", "table3", "--out", str(out), "--seeds", "0,1", "--smoke", "--quiet"]) == 0
+    assert [p.stat().st_mtime_ns for p in results[1:]] == stamps[1:] and results[0].exists()
+    with pytest.raises(SystemExit, match="expected comma-separated integers"):
+        main(["experiment", "table3", "--out", str(out), "--seeds", "0;1", "--smoke"])

@@ -9,7 +9,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,9 +36,10 @@ from genrec_ext.train.sft import (
     train_sft,
 )
 
+from ._launch import ROOT, finish, worker_env
+from ._launch import torchrun as launch
 from ._train_worker import RaggedPages
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().with_name("_train_worker.py")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -119,19 +119,6 @@ def assert_same_weights(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= atol, f"weights differ by up to {worst:.3g} (tolerance {atol:.1g})"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def worker_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 def entropies(ds) -> tuple[float, float]:
@@ -282,16 +269,7 @@ def test_grad_accumulation_equals_one_big_batch(ragged_ds, tmp_path):
 
 
 def torchrun(data_path, out, config, *extra) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(WORKER), "--data", str(data_path),
-           "--out", str(out), "--config", json.dumps(config), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-
-
-def finish(proc: subprocess.Popen) -> None:
-    log, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, log[-4000:]
+    return launch(WORKER, "--data", data_path, "--out", out, "--config", json.dumps(config), *extra)
 
 
 @pytest.mark.slow

@@ -124,7 +124,8 @@ def _cmd_train_rl(args: argparse.Namespace) -> int:
 
     flags = {"out_dir": args.out, "num_generations": args.num_generations, "alpha": args.alpha,
              "gate": False if args.no_gate else None, "tau": args.tau, "constrained": False if args.unconstrained else None,
-             "beta": args.beta, "lr": args.lr, "batch_size": args.batch_size, "steps": args.steps,
+             "beta": args.beta, "scale_rewards": args.scale_rewards, "num_iterations": args.num_iterations,
+             "epsilon": args.epsilon, "lr": args.lr, "batch_size": args.batch_size, "steps": args.steps,
              "epochs": args.epochs, "eval_every": args.eval_every, "select_metric": args.select_metric,
              "checkpoint_every": args.checkpoint_every, "seed": args.seed, "device": args.device,
              "max_history": args.max_history, "overwrite": args.overwrite or None}
@@ -335,6 +336,24 @@ def _cmd_experiment_table1(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment_table3(args: argparse.Namespace) -> int:
+    from genrec_ext.experiments import format_summary, run_table3
+
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    try:
+        summary = run_table3(args.out, seeds=seeds, smoke=args.smoke, progress=not args.quiet)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    print(format_summary(summary))
+    for check in summary["checks"]:
+        print(f"{'holds' if check['holds'] else 'does NOT hold'}: {check['claim']} ({check['compared']})")
+    print(f"tables and plot in {args.out} (table3.md, table3.json, table3_rl.png)")
+    return 0
+
+
 def _reward_data(args: argparse.Namespace):
     """(catalogue, splits, SID table) for `genrec reward train`: the built-in synthetic world (as `genrec experiment
     table1 --data synthetic` builds it; --sids caches its SIDs), or a dataset directory as `genrec train sft`
@@ -467,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_run_flags(p)
     p.set_defaults(func=_cmd_train_sft)
-    p = train.add_parser("rl", help="GRPO-SR preference alignment of an SFT model (paper §2.3, eq. 8)")
+    p = train.add_parser("rl", help="GRPO-SR preference alignment of an SFT model (paper §2.3, eq. 8); launch "
+                         "with torchrun for DDP")
     p.add_argument("--init", required=True, help="the SFT model directory to start from (a run's model/)")
     p.add_argument("--reward", required=True, help="reward model directory (genrec reward train --out)")
     p.add_argument("--data", required=True, help="'synthetic' (as genrec reward train), a page-log or LC-Rec directory")
@@ -480,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unconstrained", action="store_true", help="rollouts without the trie (hallucinations possible)")
     p.add_argument("--num-generations", type=int, help="group size G = rollout beam width (default 8)")
     p.add_argument("--beta", type=float, help="KL weight to the frozen SFT model (default 0)")
+    p.add_argument("--scale-rewards", choices=["group", "batch", "none"],
+                   help="advantage scaling as TRL's GRPOConfig: by the group's reward std (default), the batch's, or none")
+    p.add_argument("--num-iterations", type=int, help="policy updates per rollout batch (default 1, the paper); "
+                   "> 1 clips the ratio to the rollout policy as PPO does")
+    p.add_argument("--epsilon", type=float, help="clip range of the ratio, only with --num-iterations > 1 (default 0.2)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: --epochs over the training queries)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, help="queries per step (default 16)")
@@ -585,6 +610,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="CI-sized budgets")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_experiment_table1)
+    p = exp.add_parser("table3", help="SFT vs GRPO / GRPO-SR with and without the gate on synthetic pages, "
+                       ">= 3 seeds, mean ± std (HR@50, R@1/10/50, HaR@10)")
+    p.add_argument("--out", required=True, help="experiment directory (re-run to resume); a Table 1 synthetic "
+                   "directory reuses its SIDs and GenRec SFT runs as the RL starts")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (SFT start and RL run)")
+    p.add_argument("--smoke", action="store_true", help="CI-sized budgets")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_experiment_table3)
 
     p = sub.add_parser("recommend", help="top-K items for one user history")
     p.add_argument("--model", required=True)

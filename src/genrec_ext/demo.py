@@ -3,10 +3,12 @@
 Synthetic page logs -> page samples split by day (last day = test, the day before = validation) -> RQ K-means
 semantic IDs -> the Token Merger (fused op) over real SID histories, checked against the reference -> a tiny
 GenRec model trained page-wise (PW-NTP) and point-wise (NTP), each selected on the validation day, with a
-loss-curve overlay -> trie-constrained beam search on the test day (HR@K, NDCG@K) and unconstrained decoding
-(HaR@K), in one table beside MostPop (the floor: popularity) and the Oracle (the ceiling: the generator's own
-click probabilities). Every row goes through the baselines harness, as `genrec experiment table1` does.
-The GRPO-SR stage extends this job. Outputs land in ``--out``.
+loss-curve overlay -> GRPO-SR: a SIM-style reward model trained on the logged clicks (AUC beside popularity's),
+then preference alignment of the page-wise model on unconstrained beam-search rollouts with the relevance gate,
+as the GRPO-SR row of `genrec experiment table3` -> trie-constrained beam search on the test day (HR@K, NDCG@K,
+R@K: the reward model's best score among the top K) and unconstrained decoding (HaR@K), in one table beside
+MostPop (the floor: popularity) and the Oracle (the ceiling: the generator's own click probabilities). Every row
+goes through the baselines harness, as `genrec experiment table1` does. Outputs land in ``--out``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from . import baselines as B
 from . import data
 from . import nn as gnn
 from .eval import format_table, write_report
+from .experiments.table3 import Table3Spec
+from .model import GenRecModel
 from .ops import reference
 from .sid import RQKMeansConfig, SIDVocab, build_sid_table, train_rq_kmeans
 from .sid.vocab import PAD
+from .reward import HybridReward, RewardTrainConfig, train_reward_model
 from .train import collate, make_sft_dataset, plot_loss_curves
+from .train.rl import RLConfig, train_rl
 
 #: The demo's training recipe for both objectives (tiny preset; selected on the validation day).
 DEMO_SFT: dict[str, Any] = {"epochs": 8, "global_batch_size": 64, "lr": 3e-3, "patience": 2, "log_every": 20}
@@ -84,15 +90,38 @@ def run_demo(seed: int = 0, out: str | Path = "genrec_demo", levels: int = 3, co
                             title="SFT loss: page-wise vs point-wise NTP")
     print(f"loss curves -> {plot}")
 
-    _step(f"6. Test day: beam search (W={beam}) constrained for HR/NDCG, unconstrained for HaR")
-    results = {label: B.evaluate_recommender(rec, task, "test", ks=(1, 5, 10, 50), progress=progress)
+    _step("6. GRPO-SR: a reward model on the logged clicks, then preference alignment of the PW-NTP model")
+    rows["GRPO-SR (GenRec)"], judge = _align(task, out, seed, beam, progress)
+
+    _step(f"7. Test day: beam search (W={beam}) constrained for HR/NDCG/R@K, unconstrained for HaR")
+    results = {label: B.evaluate_recommender(rec, task, "test", ks=(1, 5, 10, 50), reward=judge, progress=progress)
                for label, rec in rows.items()}
-    columns = ["HR@1", "HR@5", "HR@10", "HR@50", "NDCG@5", "NDCG@10", "HaR@10", "LongTail@10", "queries"]
+    columns = ["HR@1", "HR@10", "HR@50", "NDCG@10", "R@1", "R@10", "HaR@10", "LongTail@10", "queries"]
     print(format_table(results, columns=columns))
     md, _ = write_report(results, out, "eval", columns=columns)
     print(f"report -> {md}")
     print(f"\nOutputs in {out.resolve()} ({time.perf_counter() - started:.0f} s)")
     return 0 if ok else 1
+
+
+def _align(task: B.Task, out: Path, seed: int, beam: int, progress: bool) -> tuple[B.Recommender, HybridReward]:
+    """The GRPO-SR row of `genrec experiment table3` (its reward model, RL settings and variant) from the
+    page-wise SFT model; returns the aligned recommender and the reward model that judges R@K."""
+    spec = Table3Spec.load()
+    report = train_reward_model(task.catalog, task.splits, task.table, RewardTrainConfig.from_dict(spec.reward),
+                                out_dir=out / "reward", overwrite=True, progress=progress).report
+    print(f"reward model: test AUC {report['test']['model']['AUC']:.4f} (popularity {report['test']['popularity']['AUC']:.4f})"
+          f", selected epoch {report['selected_epoch']}; -> {out / 'reward'}")
+    policy = GenRecModel.from_pretrained(out / "sft_page" / "model")
+    config = RLConfig.from_dict({**spec.rl, **spec.rows["GRPO-SR"], "seed": seed, "overwrite": True})
+    result = train_rl(policy, HybridReward.load(out / "reward", task.catalog, task.table), task, config,
+                      out_dir=out / "rl", progress=progress)
+    first, last = result.history[0], result.history[-1]
+    rollouts = "constrained" if config.constrained else "unconstrained"
+    print(f"GRPO-SR (alpha {config.alpha}, gate on, {rollouts} rollouts, G={config.num_generations}): "
+          f"{result.step} steps x {config.batch_size} pages ({result.elapsed:.0f} s); rollout reward "
+          f"{first['reward']:.3f} -> {last['reward']:.3f}; curves -> {result.plot_path}")
+    return B.GenRec.from_model(policy, beam=beam), HybridReward.load(out / "reward", task.catalog, task.table)
 
 
 def _records(run_dir: Path) -> list[dict]:

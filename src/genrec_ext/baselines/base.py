@@ -175,15 +175,22 @@ def timed_fit(fit: Callable[[], dict[str, Any]]) -> FitReport:
 
 def evaluate_recommender(recommender: Recommender, task: Task, split: Split = "test", *,
                          ks: Sequence[int] = DEFAULT_KS, unconstrained: bool | None = None,
-                         progress: bool = True) -> dict[str, float]:
+                         reward=None, progress: bool = True) -> dict[str, float]:
     """HR@K and NDCG@K of ``recommender`` on ``split`` (pages without positives are skipped and counted),
     the long-tail share against training popularity, and for generative recommenders HaR@K from a second,
-    unconstrained decoding (``unconstrained=False`` skips it). Metrics come from :func:`genrec_ext.eval.evaluate`."""
+    unconstrained decoding (``unconstrained=False`` skips it). With ``reward`` (a
+    :class:`genrec_ext.reward.HybridReward`) also R@K: the reward model's best ``r_pref`` among the top K (0 for
+    a slot without an item). Metrics come from :func:`genrec_ext.eval.evaluate`."""
     samples = task.split(split)
     k = max(ks)
     recs = recommender.recommend(task, samples, k, progress=progress)
+    rewards = None
+    if reward is not None:
+        from ..eval.run import item_rewards  # the decoder-running half of eval: only when rewards are asked for
+
+        rewards = item_rewards(reward, samples, recs.items, max_history=task.max_history)
     out = evaluate(recs.items, samples.positives, ks=ks, item_popularity=task.popularity, generated=recs.generated,
-                   on_empty="skip")
+                   rewards=rewards, on_empty="skip")
     if recommender.generative and unconstrained is not False:
         free = recommender.recommend(task, samples, k, constrained=False, progress=progress)
         free_metrics = evaluate(free.items, samples.positives, ks=ks, generated=free.generated, on_empty="skip")

@@ -62,6 +62,14 @@ class GenRec(Recommender):
         self.settings = GenerativeConfig.from_dict({**self.defaults, **values, **overrides})
         self.model: GenRecModel | None = None
 
+    @classmethod
+    def from_model(cls, model: GenRecModel, **settings: Any) -> GenRec:
+        """A fitted recommender around a model trained elsewhere (e.g. aligned by GRPO-SR), to evaluate it
+        through the harness; ``settings`` are :class:`GenerativeConfig` fields (``beam``, ``batch_size``)."""
+        rec = cls(settings)
+        rec.model = model.eval()
+        return rec
+
     def config(self) -> dict[str, Any]:
         return asdict(self.settings)
 

@@ -2,6 +2,6 @@
 
 from .batch import SFTBatch
 from .config import PRESETS, ModelConfig
-from .genrec import GenRecModel, Layout, SFTOutput, build_model
+from .genrec import GenRecModel, Layout, SFTOutput, build_model, hf_progress_bars
 
-__all__ = ["PRESETS", "GenRecModel", "Layout", "ModelConfig", "SFTBatch", "SFTOutput", "build_model"]
+__all__ = ["PRESETS", "GenRecModel", "Layout", "ModelConfig", "SFTBatch", "SFTOutput", "build_model", "hf_progress_bars"]

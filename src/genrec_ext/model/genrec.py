@@ -14,6 +14,7 @@ carry no loss. Logits are computed only at the supervised positions and only ove
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ class GenRecModel(nn.Module):
             merger_state = {k[len("merger.proj."):]: v for k, v in state_dict.items() if k.startswith("merger.proj.")}
         else:
             backbone_state, merger_state = None, (self.merger.proj.state_dict() if self.merger is not None else {})
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory) as tmp, hf_progress_bars(False):  # a bar for a few MB is noise
             self.backbone.save_pretrained(tmp, state_dict=backbone_state)
             if self.merger is not None:
                 save_file({k: v.detach().contiguous().cpu() for k, v in merger_state.items()}, tmp / MERGER_FILE)
@@ -239,11 +240,30 @@ class GenRecModel(nn.Module):
         directory = Path(directory)
         meta = read_meta(directory, META_FILE, "a GenRec model directory", FORMAT)
         config = ModelConfig(**meta["model"])
-        backbone = Qwen2ForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
+        with hf_progress_bars(False):
+            backbone = Qwen2ForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
         model = cls(config, SIDVocab(tuple(meta["level_sizes"])), backbone, meta["token_offset"])
         if model.merger is not None:
             model.merger.proj.load_state_dict(load_file(directory / MERGER_FILE))
         return model
+
+
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool):
+    """Silence transformers' own bars (e.g. "Writing model shards") when ours are off."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def build_model(preset: str | Path | ModelConfig = "tiny", vocab: SIDVocab | None = None, *,

@@ -128,6 +128,36 @@ def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def average_gradients(params: list[torch.Tensor], info: DistInfo) -> None:
+    """Data parallelism without a wrapper: every gradient becomes its mean over ranks (one flat all-reduce per
+    dtype). For loops whose loss does not run through the module's ``forward``, which DDP hooks into (GRPO-SR
+    calls the model's layout, decoder and head blocks separately). A missing gradient counts as zeros."""
+    if not info.distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
+    for group in by_dtype.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in group])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= info.world_size
+        offset = 0
+        for p in group:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
+
+def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape on all ranks) concatenated along dim 0, in rank order."""
+    if not info.distributed:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
     names: set[str] = set()
     for m in model.modules():

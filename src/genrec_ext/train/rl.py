@@ -73,14 +73,15 @@ from tqdm.auto import tqdm
 
 from .._config import check, from_mapping
 from ..decoding import beam_search, level_logits
+from ..model import hf_progress_bars
 from ..nn import GRPOSRLoss
 from ..ops import grpo_sr_loss
 from ..reward import group_advantages
 from ..sid import SIDTable, SIDTrie, SIDVocab, sid_codes_for
 from ..sid.vocab import PAD
 from . import checkpoint as ckpt
+from . import distributed as D
 from .batching import SFTBatch
-from .distributed import resolve_device
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics
 from .sft import _seed_everything, epoch_order
 
@@ -363,10 +364,28 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
     ``(catalog, splits, table)``). ``resume=True`` continues from the newest checkpoint in the output
     directory (model, optimiser, RNG, step, selection). ``callback(step, record)`` runs after every step with
     that step's training statistics. Returns an :class:`RLResult`; ``model`` then holds the selected weights
-    (the last ones without ``validate``)."""
+    (the last ones without ``validate``).
+
+    Under ``torchrun`` (see :mod:`.distributed`) the ``batch_size`` queries of a step are split evenly over the
+    ranks (it must be a multiple of the world size): each rank makes the rollouts of its queries, their
+    rewards and advantages (``scale_rewards="batch"`` takes the std over the whole step's rewards), and the
+    gradients are averaged over ranks before clipping, so N ranks step exactly as one process (up to float
+    summation order). Logged statistics are means over ranks; rank 0 alone validates, writes checkpoints,
+    metrics and the model, and its ``model`` holds the selected weights."""
     config = config or RLConfig()
     if out_dir is not None:
         config = RLConfig.from_dict({**config.to_dict(), "out_dir": str(out_dir)})
+    info = D.init_distributed(config.device)
+    try:
+        with hf_progress_bars(progress and info.is_main):
+            return _train_rl(model, reward, data, config, info, resume=resume, progress=progress and info.is_main,
+                             validate=validate if info.is_main else None, callback=callback)
+    finally:
+        D.cleanup(info)
+
+
+def _train_rl(model, reward, data, config: RLConfig, info: D.DistInfo, *, resume: bool, progress: bool,
+              validate: Validate | None, callback) -> RLResult:
     catalog, splits, table, task_history = _resolve_data(data)
     if getattr(model, "vocab", None) is None:
         raise TypeError(f"{type(model).__name__} has no .vocab: train_rl needs a GenRecModel")
@@ -381,19 +400,26 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
     queries = RLQueries(splits.train, catalog, table, max_history)
     if len(queries) < config.batch_size:
         raise ValueError(f"{len(queries)} training queries, fewer than one batch (batch_size={config.batch_size})")
+    if config.batch_size % info.world_size:
+        raise ValueError(f"batch_size={config.batch_size} queries per step cannot be split evenly over "
+                         f"{info.world_size} ranks: use a multiple of the world size")
     per_epoch = len(queries) // config.batch_size
     total_steps = config.steps if config.steps is not None else max(1, math.ceil(config.epochs * per_epoch))
 
-    device = resolve_device(config.device)
+    device = info.device
     out = Path(config.out_dir)
     ck_dir = out / ckpt.CHECKPOINT_DIR
-    if not resume and ckpt.list_checkpoints(ck_dir):
+    if not resume and ckpt.list_checkpoints(ck_dir):  # every rank sees the same files: all raise, or none
         if not config.overwrite:
             raise FileExistsError(f"{out} already holds checkpoints of a run ({ck_dir}); pass resume=True to "
                                   f"continue it, or overwrite=True / a fresh out_dir to start over")
-        shutil.rmtree(ck_dir)
-    ck_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temporaries(ck_dir)
+        D.barrier(info)  # everyone has looked before rank 0 clears
+        if info.is_main:
+            shutil.rmtree(ck_dir)
+    if info.is_main:
+        ck_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_temporaries(ck_dir)
+    D.barrier(info)
     resume_path = ckpt.latest_checkpoint(ck_dir) if resume else None
     state = None
     if resume_path is not None:
@@ -429,15 +455,17 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
         ckpt.restore_rng_state(state["rng"])
     del state
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps({
-        "rl": config.to_dict(), "device": str(device), "training_queries": len(queries), "total_steps": total_steps,
-        "steps_per_epoch": per_epoch, "vocab_level_sizes": level_sizes, "max_history": max_history,
-        "reward": {"gate": reward.gate, "tau": reward.tau, "anchor": reward.anchor},
-        "resumed_from_step": start_step if resume_path else None}, indent=2) + "\n")
-    if resume_path is not None:
-        truncate_metrics(out / METRICS_FILE, start_step)
-    logger = MetricsLogger(out, append=resume_path is not None)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps({
+            "rl": config.to_dict(), "device": str(device), "world_size": info.world_size,
+            "training_queries": len(queries), "total_steps": total_steps, "steps_per_epoch": per_epoch,
+            "vocab_level_sizes": level_sizes, "max_history": max_history,
+            "reward": {"gate": reward.gate, "tau": reward.tau, "anchor": reward.anchor},
+            "resumed_from_step": start_step if resume_path else None}, indent=2) + "\n")
+        if resume_path is not None:
+            truncate_metrics(out / METRICS_FILE, start_step)
+    logger = MetricsLogger(out, enabled=info.is_main, append=resume_path is not None)
     trie = SIDTrie.from_table(table).to(device)
     item_codes = queries.codes.to(device)
     history: list[dict[str, Any]] = []
@@ -449,16 +477,17 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
     bar = tqdm(total=total_steps, initial=start_step, desc="grpo-sr", unit="step", dynamic_ncols=True,
                disable=not progress)
     run_start = time.perf_counter()
-    last_ckpt = ckpt.latest_checkpoint(ck_dir)
+    last_ckpt = ckpt.latest_checkpoint(ck_dir) if info.is_main else None
     window: list[dict[str, float]] = []
     try:
         if validate is not None and start_step == 0:
             log(selection.run(model, 0))
             model.eval()
         for step in range(start_step, total_steps):
-            batch = {k: v.to(device) for k, v in queries.batch(step_rows(len(queries), config.batch_size,
-                                                                          config.seed, step)).items()}
-            stats = _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config, ref_model)
+            rows = np.array_split(step_rows(len(queries), config.batch_size, config.seed, step),
+                                  info.world_size)[info.rank]  # this rank's share of the step's queries
+            batch = {k: v.to(device) for k, v in queries.batch(rows).items()}
+            stats = _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config, ref_model, info)
             window.append(stats)
             done = step + 1
             bar.update(1)
@@ -476,7 +505,8 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
                 model.eval()
                 log(record)
                 bar.set_postfix(**{config.select_metric: f"{record[f'valid/{config.select_metric}']:.4f}"})
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == total_steps:
+            if info.is_main and ((config.checkpoint_every and done % config.checkpoint_every == 0)
+                                 or done == total_steps):
                 last_ckpt = ckpt.save_checkpoint(ck_dir, done, {
                     "kind": KIND, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "optimizer": optimizer.state_dict(), "rng": ckpt.capture_rng_state(),
@@ -490,10 +520,12 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
     elapsed = elapsed_before + time.perf_counter() - run_start
     if selection.state is not None:
         model.load_state_dict(selection.state)
-    model_dir = model.save_pretrained(out / MODEL_DIR)
-    plot_path = None
-    if config.plot and (out / METRICS_FILE).exists():
-        plot_path = plot_rl_curves(out / METRICS_FILE, out / PLOT_FILE, title=f"GRPO-SR ({out.name})")
+    model_dir, plot_path = out / MODEL_DIR, None
+    if info.is_main:
+        model.save_pretrained(model_dir)
+        if config.plot and (out / METRICS_FILE).exists():
+            plot_path = plot_rl_curves(out / METRICS_FILE, out / PLOT_FILE, title=f"GRPO-SR ({out.name})")
+    D.barrier(info)  # the model directory exists for every rank once train_rl returns
     return RLResult(step=max(start_step, total_steps), total_steps=total_steps, out_dir=out, model_dir=model_dir,
                     checkpoint=last_ckpt, metrics_path=out / METRICS_FILE, plot_path=plot_path, elapsed=elapsed,
                     resumed_from=start_step if resume_path else None, history=history, start=selection.start,
@@ -501,21 +533,28 @@ def train_rl(model, reward, data, config: RLConfig | None = None, *, out_dir: st
 
 
 def make_rollouts(model, reward, batch: dict[str, Tensor], trie: SIDTrie, table: SIDTable, *, num_generations: int,
-                  constrained: bool, scale_rewards: bool | str = True) -> RolloutBatch:
-    """Step 1-3 of the module docstring: G beams per query, their rewards (by index), group advantages."""
+                  constrained: bool, scale_rewards: bool | str = True, info: D.DistInfo | None = None) -> RolloutBatch:
+    """Step 1-3 of the module docstring: G beams per query, their rewards (by index), group advantages. Under
+    DDP (``info``), ``scale_rewards="batch"`` normalises by the std of every rank's rewards of the step."""
     with torch.no_grad():
         result = beam_search(model, batch["history"], batch["history_len"], trie, beam_width=num_generations,
                              constrained=constrained, table=table)
     alive = torch.isfinite(result.scores) & (result.codes >= 0).all(-1)
     codes = torch.where(alive[..., None], result.codes, torch.full_like(result.codes, -1))
     rewards = reward(batch["history_items"], codes, batch["positives"])
+    if info is not None and info.distributed and scale_rewards == "batch":
+        mine = slice(info.rank * len(alive), (info.rank + 1) * len(alive))  # equal shares: see train_rl
+        adv = group_advantages(D.all_gather_rows(rewards.rewards.float(), info), scale_rewards="batch",
+                               mask=D.all_gather_rows(alive.to(torch.uint8), info).bool())
+        return RolloutBatch(codes, alive, rewards, adv.advantages[mine], adv.zero_std_share)
     adv = group_advantages(rewards.rewards, scale_rewards=scale_rewards, mask=alive)
     return RolloutBatch(codes, alive, rewards, adv.advantages, adv.zero_std_share)
 
 
-def _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config: RLConfig, ref_model) -> dict[str, float]:
+def _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config: RLConfig, ref_model,
+             info: D.DistInfo) -> dict[str, float]:
     roll = make_rollouts(model, reward, batch, trie, table, num_generations=config.num_generations,
-                         constrained=config.constrained, scale_rewards=config.scale_rewards)
+                         constrained=config.constrained, scale_rewards=config.scale_rewards, info=info)
     old_logp = None
     if config.num_iterations > 1:
         with torch.no_grad():
@@ -529,6 +568,7 @@ def _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config: R
             old_logp=old_logp, epsilon=config.epsilon)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        D.average_gradients([p for p in model.parameters() if p.requires_grad], info)
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
@@ -541,7 +581,7 @@ def _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config: R
 
     q = roll.codes.shape[0]
     nll_rows = rows["positive_weight"][:, 0] > 0
-    return {
+    stats = {
         "loss": float(np.mean(losses)),
         "reward": float(r.rewards[alive].mean()) if alive.any() else 0.0,
         "r_pref": float(r.r_pref[alive].mean()) if alive.any() else 0.0,
@@ -555,6 +595,10 @@ def _rl_step(model, reward, batch, trie, table, item_codes, optimizer, config: R
         "nll_positives": float(-logp.detach()[nll_rows].sum(1).mean()) if nll_rows.any() else 0.0,
         "queries_per_step": float(q),
     }
+    if info.distributed:  # means over ranks (their shares of a step are equal); queries summed
+        values = D.all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64), info)
+        stats = {k: float(v) / (1 if k == "queries_per_step" else info.world_size) for k, v in zip(stats, values)}
+    return stats
 
 
 def plot_rl_curves(metrics_path: str | Path, out_path: str | Path, *, title: str = "GRPO-SR") -> Path | None:

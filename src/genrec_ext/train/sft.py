@@ -59,6 +59,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._config import check, from_mapping
+from ..model import hf_progress_bars
 from . import checkpoint as ckpt
 from . import distributed as D
 from .batching import SFTBatch, collate
@@ -300,29 +301,11 @@ def train_sft(model: nn.Module, dataset: torch.utils.data.Dataset, config: SFTCo
     config = config or SFTConfig()
     info = D.init_distributed(config.device)
     try:
-        with _hf_progress_bars(progress and info.is_main):
+        with hf_progress_bars(progress and info.is_main):
             return _train(model, dataset, config, info, resume=resume, progress=progress, callback=callback,
                           validate=validate)
     finally:
         D.cleanup(info)
-
-
-@contextlib.contextmanager
-def _hf_progress_bars(enabled: bool):
-    """Silence transformers' own bars (e.g. "Writing model shards") when ours are off."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    was = hf_logging.is_progress_bar_enabled()
-    if was and not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not enabled:
-            hf_logging.enable_progress_bar()
 
 
 class _Selection:
