@@ -19,3 +19,11 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 def to_cuda(args: dict) -> dict:
     """An op's keyword arguments with every tensor moved to the GPU."""
     return {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test skipped for want of a CUDA device is also marked ``cuda``: `.ci/gpu` selects the GPU tests with
+    ``-m cuda``, so none is missed for a name without "cuda" in it."""
+    for item in items:
+        if any(m.kwargs.get("reason") == "needs a CUDA device" for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.cuda)

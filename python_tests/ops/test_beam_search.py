@@ -77,17 +77,53 @@ def test_matches_the_reference_on_odd_shapes(batch, prompt, heads_kv, layers, le
     assert_matches_reference(args, fused=fused)
 
 
+def beams_by_sid(codes: torch.Tensor, scores: torch.Tensor) -> list[dict[tuple[int, ...], float]]:
+    """Each query's live beams as {SID: score}: beams compared by SID, never by slot, so that two beams whose
+    scores round the other way in another summation order do not count as a difference."""
+    return [{tuple(c): float(v) for c, v in zip(cq.tolist(), sq.tolist()) if v > float("-inf")}
+            for cq, sq in zip(codes, scores)]
+
+
 def assert_same_beams(got, want, tol):
-    """Scores within ``tol``, and the same SIDs wherever a beam's score is more than ``tol`` from its neighbours'
-    (closer ones may swap places under rounding)."""
+    """Tie-proof equality up to rounding ``tol``: the same number of live beams per query; every SID of ``want``
+    whose score clears the query's cut (its lowest kept score) by more than ``tol`` is in ``got`` (the rest may
+    trade places with a candidate just below the cut); shared SIDs' scores agree within ``tol``; and at least
+    half of all SIDs are compared that way (so that a check cannot pass on almost nothing)."""
     (scores, codes, _), (want_scores, want_codes, _) = got, want
-    torch.testing.assert_close(scores, want_scores, rtol=0, atol=tol)
-    gaps = torch.diff(want_scores, dim=1).abs()
-    clear = torch.ones_like(want_scores, dtype=torch.bool)
-    clear[:, 1:] &= gaps > tol
-    clear[:, :-1] &= gaps > tol
-    assert clear.float().mean() > 0.5
-    assert torch.equal(codes[clear], want_codes[clear])
+    assert torch.equal(torch.isinf(scores), torch.isinf(want_scores))
+    compared = total = 0
+    for mine, ref in zip(beams_by_sid(codes, scores), beams_by_sid(want_codes, want_scores)):
+        if not ref:
+            continue
+        cut = min(ref.values())
+        must = {sid for sid, v in ref.items() if v > cut + tol}
+        assert must <= mine.keys(), f"beams lost: {sorted(must - mine.keys())}"
+        shared = mine.keys() & ref.keys()
+        worst = max((abs(mine[sid] - ref[sid]) for sid in shared), default=0.0)
+        assert worst <= tol, f"a shared SID's score differs by {worst:.3g} > {tol}"
+        compared, total = compared + len(must), total + len(ref)
+    assert compared >= 0.5 * total, f"only {compared} of {total} beams clear of the cut by more than {tol}"
+
+
+def bf16_agreement(got, want) -> tuple[float, float]:
+    """How well a bfloat16 search finds a float64 search's beams: the share of the float64 SIDs it returns
+    (mean over queries) and the largest score difference of a SID both return."""
+    shares, worst = [], 0.0
+    for mine, ref in zip(beams_by_sid(got[1], got[0]), beams_by_sid(want[1], want[0])):
+        if ref:
+            shared = mine.keys() & ref.keys()
+            shares.append(len(shared) / len(ref))
+            worst = max([worst, *(abs(mine[sid] - ref[sid]) for sid in shared)])
+    return float(np.mean(shares)), worst
+
+
+def float64_twin(args: dict) -> dict:
+    """The same search in float64 (weights rounded to bfloat16 first, then widened): the truth a bfloat16 search
+    is judged against."""
+    wide = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
+    wide["layer_weights"] = [w.double() for w in args["layer_weights"]]
+    wide["layer_biases"] = [None if b is None else b.double() for b in args["layer_biases"]]
+    return wide
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -137,15 +173,19 @@ def test_single_level_search_is_one_beam_step():
     assert_matches_reference(args)
 
 
-def test_bfloat16_agrees_with_a_float64_reference():
-    args = make_inputs(dtype=torch.bfloat16, width=4)
-    scores, codes, _ = beam_search(**args)
-    wide = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in args.items()}
-    wide["layer_weights"] = [w.double() for w in args["layer_weights"]]
-    wide["layer_biases"] = [b.double() for b in args["layer_biases"]]
-    want, want_codes, _ = reference.beam_search(**wide)
-    assert scores.dtype == torch.float32
-    torch.testing.assert_close(scores.double(), want, rtol=0, atol=0.1)
+#: bfloat16 vs a float64 search on BF16_CASES (3 seeds each), measured on the CPU kernel: share of the float64
+#: beams found >= 0.969, shared SIDs' scores within 0.10
+BF16_CASES = [dict(width=4), dict(width=16, levels=(8, 8, 8), items=300), dict(width=8, levels=(16, 16), items=200)]
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_bfloat16_agrees_with_a_float64_reference(case):
+    for seed in range(3):
+        args = make_inputs(dtype=torch.bfloat16, batch=4, pad=(0, 2, 3, 5), seed=seed, **case)
+        got = beam_search(**args)
+        assert got[0].dtype == torch.float32
+        found, worst = bf16_agreement(got, reference.beam_search(**float64_twin(args)))
+        assert found >= 0.9 and worst <= 0.15, (seed, found, worst)
 
 
 def test_opcheck_and_compile():
@@ -209,14 +249,32 @@ def test_refuses_inputs_that_want_a_gradient():
         beam_search(**args)
 
 
-@requires_cuda
-@pytest.mark.cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_matches_cpu(dtype):
-    args = make_inputs(batch=3, width=8, dtype=dtype, pad=(0, 2, 5))
-    cpu = beam_search(**args)
+def _on_cuda(args: dict) -> dict:
     moved = to_cuda(args)
     for key in ("layer_weights", "layer_biases", "child_offsets", "child_codes"):
         moved[key] = [None if t is None else t.cuda() for t in args[key]]
-    gpu = beam_search(**moved)
-    assert_same_beams([t.cpu() for t in gpu], cpu, 1e-4 if dtype == torch.float32 else 0.1)  # bf16: 0.07 seen CPU vs float32
+    return moved
+
+
+@requires_cuda
+def test_cuda_matches_cpu_in_float32():
+    """Tie-proof (beams compared by SID; only near-cut SIDs may trade places) over several shapes."""
+    for seed, case in enumerate([dict(), dict(width=16, levels=(8, 8, 8), items=300), dict(width=50, levels=(64, 64),
+                                                                                            items=2000, hidden=32)]):
+        args = make_inputs(batch=3, dtype=torch.float32, pad=(0, 2, 5), seed=seed, **case)
+        gpu = [t.cpu() for t in beam_search(**_on_cuda(args))]
+        assert_same_beams(gpu, beam_search(**args), 1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_cuda_bfloat16_is_as_close_to_float64_as_cpu(case):
+    """bfloat16 judged relatively (DESIGN): against the float64 search, the CUDA search finds about as many of
+    its beams as the CPU kernel does, and its shared scores are at most about twice as far off."""
+    for seed in range(3):
+        args = make_inputs(dtype=torch.bfloat16, batch=4, pad=(0, 2, 3, 5), seed=seed, **case)
+        want = reference.beam_search(**float64_twin(args))
+        cpu_found, cpu_worst = bf16_agreement(beam_search(**args), want)
+        gpu_found, gpu_worst = bf16_agreement([t.cpu() for t in beam_search(**_on_cuda(args))], want)
+        assert gpu_found >= cpu_found - 0.05 and gpu_worst <= 2 * cpu_worst + 0.02, (seed, gpu_found, cpu_found,
+                                                                                     gpu_worst, cpu_worst)

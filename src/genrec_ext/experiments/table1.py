@@ -129,7 +129,7 @@ def summarise(results: dict[str, list[dict]], spec: Table1Spec, task: B.Task) ->
 
 
 def write_summary(summary: dict[str, Any], out: Path, spec: Table1Spec) -> None:
-    from .train import plot_loss_curves
+    from ..train import plot_loss_curves
 
     table = format_summary(summary)
     with atomic_file(out / "table1.md") as f:
