@@ -62,7 +62,7 @@ def sequence_task(path: str | Path, *, max_history: int = 20, sids: str | Path |
     (MiniLM, ``sid["text_fields"]``) and RQ K-means, and cached in ``sid_dir``."""
     task = B.load_task(path, sids=sids, max_history=max_history, progress=progress)
     if task.table is None:
-        from .sid.build import item_embeddings
+        from ..sid.build import item_embeddings
 
         settings = dict(sid or {})
         fields = settings.pop("text_fields", None)

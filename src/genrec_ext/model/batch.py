@@ -22,3 +22,37 @@ class SFTBatch:
 
     def __len__(self) -> int:
         return self.history.shape[0]
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Supervised tokens (the loss averages over them); read on the CPU tensors, no device sync."""
+        return int(self.target_len.sum())
+
+
+@dataclass
+class PackedSFTBatch:
+    """Shared-prefix packed rows (``genrec_ext.train.packing``): every row holds ONE history, the longest of the
+    samples packed into it, then each sample's block (``<sep>``, its target tokens) one after another. A block
+    attends to ``<bos>``, the first ``prefix_len`` history items (its own history, a prefix of the row's) and
+    itself, with position ids continuing from its prefix as if it were alone: the same loss and gradients as the
+    samples laid out one per row (up to float summation order), with the history encoded once."""
+
+    history: Tensor  # [R, N, L] the row's history tokens, PAD beyond history_len
+    history_len: Tensor  # [R]
+    tail: Tensor  # [R, T] the blocks' tokens (<sep> then the target, per block), PAD after the last block
+    block: Tensor  # [R, T] the block (0, 1, ...) of the row a tail position belongs to; -1 = padding
+    offset: Tensor  # [R, T] position inside its block (0 = the <sep>)
+    prefix_len: Tensor  # [R, T] history items the position's sample sees
+    num_examples: int = 0  # samples (blocks) in the batch
+
+    def to(self, device) -> PackedSFTBatch:
+        return PackedSFTBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)[:-1]),
+                              num_examples=self.num_examples)
+
+    def __len__(self) -> int:
+        return self.history.shape[0]
+
+    @property
+    def num_target_tokens(self) -> int:
+        """Supervised tokens: every tail position but padding and each block's <sep> is a target token."""
+        return int(((self.block >= 0) & (self.offset > 0)).sum())

@@ -29,7 +29,7 @@ from .._io import atomic_directory, read_meta
 from ..nn import TokenMerger
 from ..sid import SIDVocab
 from ..sid.vocab import BOS, EOS, PAD, SEP, SPECIALS
-from .batch import SFTBatch
+from .batch import PackedSFTBatch, SFTBatch
 from .config import ModelConfig
 
 FORMAT = "genrec-model/1"
@@ -54,6 +54,7 @@ class Layout:
     label_mask: Tensor  # [B, S] bool: positions whose next token is a target token
     labels: Tensor  # [num supervised positions] our token ids, in label_mask order
     label_index: Tensor  # [num supervised positions] each label's index in its target (0 = first SID token)
+    position_ids: Tensor | None = None  # [B, S]; None: 0, 1, ... (one right-padded sequence per row)
 
 
 def _rope_theta(hf_config) -> float:
@@ -143,7 +144,9 @@ class GenRecModel(nn.Module):
     def _gather_rows(rows: Tensor, index: Tensor) -> Tensor:
         return rows.gather(1, index[..., None].expand(-1, -1, rows.shape[2]))
 
-    def layout(self, batch: SFTBatch) -> Layout:
+    def layout(self, batch: SFTBatch | PackedSFTBatch) -> Layout:
+        if isinstance(batch, PackedSFTBatch):
+            return self.packed_layout(batch)
         items, n_items = self.prompt_items(batch.history, batch.history_len)
         prompt_len = n_items + 2
         seq_len = prompt_len + batch.target_len
@@ -156,6 +159,43 @@ class GenRecModel(nn.Module):
         labels = batch.target.gather(1, target_index)[label_mask]
         return Layout(inputs, j < seq_len[:, None], prompt_len, label_mask, labels,
                       target_index.expand_as(label_mask)[label_mask])
+
+    def packed_layout(self, batch: PackedSFTBatch) -> Layout:
+        """A packed batch as decoder inputs: ``<bos>``, the row's prompt vectors (the padded width of them), then
+        the tail; a block-causal ``[R, S, S]`` mask and per-position ids (see :class:`PackedSFTBatch`)."""
+        items, n_items = self.prompt_items(batch.history, batch.history_len)
+        rows, width = items.shape[:2]
+        per_item = 1 if self.merger is not None else self.vocab.levels  # prompt vectors per history item
+        bos = self._input_embeddings.weight[self.token_offset + BOS].to(items.dtype).expand(rows, 1, -1)
+        inputs = torch.cat([bos, items, self.embed_tokens(batch.tail).to(items.dtype)], 1)
+        device, tail_len = items.device, batch.tail.shape[1]
+        real = batch.block >= 0
+        prefix = batch.prefix_len * per_item  # prompt vectors a block sees
+        j = torch.arange(width, device=device)
+        positions = torch.cat([torch.zeros(rows, 1, dtype=torch.int64, device=device), (j + 1).expand(rows, -1),
+                               torch.where(real, 1 + prefix + batch.offset, 0)], 1)
+        # keys: <bos> always; item k for a prompt query q >= k (causal), for a tail query k < its prefix;
+        # a tail key for a tail query of the same block at or before it
+        s = 1 + width + tail_len
+        q_item = torch.arange(s, device=device)[:, None] - 1  # [S, 1] as an item index (prompt part)
+        k_item = j[None]  # [1, width]
+        prompt_q = (k_item <= q_item[: 1 + width]) & (k_item < n_items[:, None, None])  # [R, 1 + W, W]
+        tail_q = (k_item[None] < prefix[..., None]) & real[..., None]  # [R, T, W]
+        t = torch.arange(tail_len, device=device)
+        same_block = (batch.block[:, :, None] == batch.block[:, None, :]) & (t[None, None] <= t[None, :, None])
+        tail_k = same_block & real[:, :, None] & real[:, None, :]  # [R, T, T]
+        mask = torch.zeros(rows, s, s, dtype=torch.bool, device=device)
+        mask[:, :, 0] = True
+        mask[:, : 1 + width, 1 : 1 + width] = prompt_q
+        mask[:, 1 + width :, 1 : 1 + width] = tail_q
+        mask[:, 1 + width :, 1 + width :] = tail_k
+        # the position that predicts each target token: the one before it in the same block
+        nxt = torch.cat([batch.block[:, 1:], torch.full_like(batch.block[:, :1], -1)], 1)
+        nxt_offset = torch.cat([batch.offset[:, 1:], torch.zeros_like(batch.offset[:, :1])], 1)
+        predicts = real & (nxt == batch.block) & (nxt_offset > 0)
+        label_mask = torch.cat([torch.zeros(rows, 1 + width, dtype=torch.bool, device=device), predicts], 1)
+        labels = torch.cat([batch.tail[:, 1:], batch.tail[:, :1]], 1)[predicts]
+        return Layout(inputs, mask, n_items + 2, label_mask, labels, batch.offset[predicts], positions)
 
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
@@ -179,8 +219,15 @@ class GenRecModel(nn.Module):
             self._prompt_tables_cache[key] = (self._layout_index(rel, n, width), rel >= 0, rel.clamp(min=0))
         return self._prompt_tables_cache[key]
 
-    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
-        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(), use_cache=False)
+    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """The decoder's last hidden states. ``attention_mask``: ``[B, S]`` (padding; causal attention) or a
+        bool ``[B, S, S]`` of (query, key) pairs that may attend (packed rows)."""
+        if attention_mask.dim() == 3:
+            attention_mask = attention_mask[:, None]  # transformers takes a 4D mask as given
+        else:
+            attention_mask = attention_mask.long()
+        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
     def head_block(self, start: int = 0, size: int | None = None) -> tuple[Tensor, Tensor | None]:
@@ -196,12 +243,13 @@ class GenRecModel(nn.Module):
 
     def forward(self, batch: SFTBatch) -> SFTOutput:
         lay = self.layout(batch)
-        hidden = self.hidden_states(self.input_dropout(lay.inputs_embeds), lay.attention_mask)
+        hidden = self.hidden_states(self.input_dropout(lay.inputs_embeds), lay.attention_mask, lay.position_ids)
         logits = self.token_logits(hidden[lay.label_mask]).float()
         if self.config.level_softmax:
             logits = logits.masked_fill(~self._allowed_tokens(lay.label_index), float("-inf"))
         loss = F.cross_entropy(logits, lay.labels)
-        return SFTOutput(loss, int(lay.labels.numel()), int(lay.attention_mask.sum()))
+        positions = lay.attention_mask.any(1) if lay.attention_mask.dim() == 3 else lay.attention_mask
+        return SFTOutput(loss, int(lay.labels.numel()), int(positions.sum()))
 
     def _allowed_tokens(self, label_index: Tensor) -> Tensor:
         """bool ``[N, V]``: the tokens a target position may hold, as decoding scores it: the SID tokens of its
