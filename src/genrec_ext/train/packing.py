@@ -218,6 +218,21 @@ class PackedBatchPlan:
             epoch += 1
         return epoch, step
 
+    def epoch_at(self, step: int) -> float:
+        epoch, pos = self.locate(step)
+        return epoch + pos / max(1, self.epoch_steps(epoch))
+
+    def examples_through(self, step: int) -> int:
+        """Examples seen in optimiser steps ``0 .. step - 1``."""
+        epoch, pos = self.locate(step)
+        return sum(int(self._step_examples(e).sum()) for e in range(epoch)) + int(self._step_examples(epoch)[:pos].sum())
+
+    def _step_examples(self, epoch: int) -> np.ndarray:
+        members = np.diff(self.plan.offsets)
+        per_micro = np.array([members[b].sum() for b in self.micro_batches(epoch)], dtype=np.int64)
+        steps = len(per_micro) // self.micros_per_step
+        return per_micro[: steps * self.micros_per_step].reshape(steps, -1).sum(1)
+
     def step_micro_batches(self, step: int) -> list[np.ndarray]:
         epoch, pos = self.locate(step)
         m = self.micros_per_step

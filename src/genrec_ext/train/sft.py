@@ -62,7 +62,9 @@ from .._config import check, from_mapping
 from ..model import hf_progress_bars
 from . import checkpoint as ckpt
 from . import distributed as D
-from .batching import SFTBatch, collate
+from ..model.batch import PackedSFTBatch
+from .batching import SFTBatch, SFTDataset, collate
+from .packing import PackedBatchPlan, PackedSFTDataset, PackedStepSampler, collate_packed, plan_packs
 from .metrics import (
     METRICS_FILE,
     MetricsLogger,
@@ -77,7 +79,7 @@ MODEL_DIR = "model"
 PLOT_FILE = "loss.png"
 
 #: fields that fix which examples each step sees; a resumed run must keep them.
-_DATA_ORDER_FIELDS = ("global_batch_size", "seed")
+_DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "batch_tokens")
 
 
 @dataclass
@@ -94,6 +96,12 @@ class SFTConfig:
     # batch and length of training
     global_batch_size: int = 64  # examples per optimiser step, summed over ranks and accumulation steps
     grad_accum: int = 1  # micro-batches per optimiser step on each rank
+    # shared-prefix packing (train/packing.py): a user's samples share one copy of their history; a step then
+    # holds about global_batch_size examples (micro-batches under batch_tokens padded positions, default derived
+    # from global_batch_size); packed rows are cut at pack_tokens positions. False: one example per row.
+    packing: bool = True
+    pack_tokens: int = 1024
+    batch_tokens: int | None = None
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
     epochs: float = 1.0
     # schedule (paper §3.1: linear warm-up over the first 1% of steps, then cosine decay)
@@ -126,6 +134,8 @@ class SFTConfig:
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
+            (self.pack_tokens >= 2, f"pack_tokens must be >= 2, got {self.pack_tokens}"),
+            (self.batch_tokens is None or self.batch_tokens >= 1, f"batch_tokens must be >= 1, got {self.batch_tokens}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
@@ -181,6 +191,17 @@ class BatchPlan:
     @property
     def micro_batch_size(self) -> int:
         return self.global_batch_size // (self.world_size * self.grad_accum)
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step within it) of optimiser step ``step``."""
+        return divmod(step, self.steps_per_epoch)
+
+    def epoch_at(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def examples_through(self, step: int) -> int:
+        """Examples seen in optimiser steps ``0 .. step - 1``."""
+        return step * self.global_batch_size
 
     @classmethod
     def make(cls, dataset_size: int, config: SFTConfig, world_size: int) -> BatchPlan:
@@ -353,7 +374,15 @@ class _Selection:
 def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool, progress: bool,
            callback, validate: Validate | None) -> TrainResult:
     out = Path(config.out_dir)
-    plan = BatchPlan.make(len(dataset), config, info.world_size)
+    packed = config.packing and isinstance(dataset, SFTDataset)  # other datasets (e.g. custom ones) stay unpacked
+    if packed:
+        units = 1 if getattr(model, "merger", None) is not None else dataset.vocab.levels  # prompt vectors per item
+        dataset = PackedSFTDataset(dataset, plan_packs(dataset, units_per_item=units, pack_tokens=config.pack_tokens))
+        plan = PackedBatchPlan.make(dataset.plan, global_batch_size=config.global_batch_size,
+                                    grad_accum=config.grad_accum, world_size=info.world_size, seed=config.seed,
+                                    max_steps=config.max_steps, epochs=config.epochs, batch_tokens=config.batch_tokens)
+    else:
+        plan = BatchPlan.make(len(dataset), config, info.world_size)
     if validate is not None and config.parallel == "fsdp" and info.world_size > 1:
         raise ValueError("validation-based model selection needs the whole model on rank 0: use parallel='ddp' "
                          "(or no validate function) with FSDP")
@@ -430,7 +459,10 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
         (out / CONFIG_FILE).write_text(json.dumps({
             "sft": config.to_dict(), "world_size": info.world_size, "device": str(device), "bf16": use_bf16,
             "dataset_size": plan.dataset_size, "steps_per_epoch": plan.steps_per_epoch,
-            "total_steps": plan.total_steps, "micro_batch_size": plan.micro_batch_size,
+            "total_steps": plan.total_steps, "micro_batch_size": plan.micro_batch_size, "packed": packed,
+            **({"packed_rows": len(dataset), "batch_tokens": plan.batch_tokens,
+                "positions_packed": int(dataset.plan.lengths.sum()),
+                "positions_unpacked": int(dataset.plan.unpacked_lengths.sum())} if packed else {}),
             "vocab_level_sizes": level_sizes, "model_class": type(raw_model).__name__,
             "resumed_from_step": start_step if resume_path else None}, indent=2) + "\n")
         if resume_path is not None:
@@ -438,9 +470,11 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     logger = MetricsLogger(out, enabled=info.is_main, tensorboard=config.tensorboard,
                            append=resume_path is not None)
 
-    sampler = StepBatchSampler(plan, config.seed, info.rank, start_step)
+    sampler = (PackedStepSampler(plan, info.rank, start_step) if packed
+               else StepBatchSampler(plan, config.seed, info.rank, start_step))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.num_workers,
+        dataset, batch_sampler=sampler, collate_fn=collate_packed if packed else collate,
+        num_workers=config.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
         # a private generator: creating the iterator must not draw from the global torch RNG
         generator=torch.Generator().manual_seed(config.seed),
@@ -460,8 +494,8 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     model.train()
     try:
         for step in range(start_step, start_step if stopped_early else plan.total_steps):
-            micro: list[SFTBatch] = [next(batches) for _ in range(plan.grad_accum)]
-            counts = [int(b.target_len.sum()) for b in micro]  # on the CPU tensors: no device sync
+            micro: list[SFTBatch | PackedSFTBatch] = [next(batches) for _ in range(plan.grad_accum)]
+            counts = [b.num_target_tokens for b in micro]  # on the CPU tensors: no device sync
             tokens = torch.tensor([float(sum(counts))], dtype=torch.float64, device=device)
             global_tokens = D.all_reduce_sum(tokens, info)  # target tokens of the whole global batch
             for i, (batch, count) in enumerate(zip(micro, counts)):
@@ -472,7 +506,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                     n_tok = int(output.num_target_tokens)
                     if not warned_tokens and n_tok != count:
                         warnings.warn(f"model reports {n_tok} target tokens for a micro-batch with "
-                                      f"target_len.sum() = {count}; the loss weighting assumes they agree",
+                                      f"{count} target tokens; the loss weighting assumes they agree",
                                       stacklevel=2)
                         warned_tokens = True
                     # token-mean over the global batch; x world_size undoes DDP/FSDP's gradient averaging
@@ -502,7 +536,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                     "step": done, "loss": last_loss, "lr": lr,
                     "grad_norm": float(grad_norm) if grad_norm is not None else None,
                     "tokens_per_s": stats[2] / seconds, "target_tokens_per_s": stats[1] / seconds,
-                    "examples": done * plan.global_batch_size, "epoch": done / plan.steps_per_epoch,
+                    "examples": plan.examples_through(done), "epoch": plan.epoch_at(done),
                     "elapsed": elapsed_before + (now - run_start),
                 }
                 logger.log(record)
@@ -556,13 +590,13 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
             losses = [r["loss"] for r in records if "loss" in r]
             last_loss = losses[-1] if losses else None
     D.barrier(info)
-    return TrainResult(step=done, total_steps=plan.total_steps, epoch=done / plan.steps_per_epoch, loss=last_loss,
+    return TrainResult(step=done, total_steps=plan.total_steps, epoch=plan.epoch_at(done), loss=last_loss,
                        out_dir=out, model_dir=model_dir, checkpoint=last_ckpt, metrics_path=out / METRICS_FILE,
                        plot_path=plot_path, elapsed=elapsed, resumed_from=start_step if resume_path else None,
                        history=history, best=selection.best, stopped_early=stopped_early)
 
 
-def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan, info: D.DistInfo, out: Path,
+def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan | PackedBatchPlan, info: D.DistInfo, out: Path,
                 step: int, level_sizes: list[int], elapsed: float, last_loss: float | None,
                 extra: dict[str, Any] | None = None) -> Path | None:
     """Collect the state on every rank (collectives), write it on rank 0."""
@@ -570,7 +604,7 @@ def _checkpoint(model, optimizer, scheduler, config: SFTConfig, plan: BatchPlan,
     model_state, optim_state = D.full_state_dicts(model, optimizer)
     if not info.is_main:
         return None
-    epoch, position = divmod(step, plan.steps_per_epoch)
+    epoch, position = plan.locate(step)
     state = {
         "model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng,
         "epoch": epoch, "position": position, "total_steps": plan.total_steps, "dataset_size": plan.dataset_size,
