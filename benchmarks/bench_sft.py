@@ -1,11 +1,23 @@
-"""Prefill time and training throughput of GenRec with vs without the Token Merger.
+"""SFT throughput: the Token Merger vs none (prefill and a training step), and shared-prefix packing vs one
+example per row (whole training runs on real data).
 
-    python benchmarks/bench_sft.py                       # CPU, tiny/small presets
+    python benchmarks/bench_sft.py                       # Token Merger: CPU, tiny/small presets
     python benchmarks/bench_sft.py --device cuda --preset base --dtype bfloat16
+    python benchmarks/bench_sft.py --packing             # packed vs unpacked SFT (Scientific + synthetic pages)
+    python benchmarks/bench_sft.py --packing --curves    # + a 20-epoch tiny run on Scientific both ways
 
-Prefill: one forward pass over the prompt (<bos>, history, <sep>) of a batch, the serving cost the Token
-Merger targets (N + 2 positions instead of L*N + 2). Training: forward + backward of page-wise NTP on a
-batch with a 10-item target page; tokens/s counts supervised target tokens.
+Token Merger. Prefill: one forward pass over the prompt (<bos>, history, <sep>) of a batch, the serving cost
+the Token Merger targets (N + 2 positions instead of L*N + 2). Training: forward + backward of page-wise NTP on
+a batch with a 10-item target page; tokens/s counts supervised target tokens.
+
+Packing. The same model (same seed) and data trained ``--steps`` optimiser steps by ``train_sft`` with
+``packing=True`` (a user's samples share one copy of their history; token-budget, length-aware batches of about
+``global_batch_size`` examples) and ``packing=False`` (``global_batch_size`` examples per step in random order,
+padded to the longest): examples/s and target tokens/s of the training loop, the positions each way lays out,
+and the speedup. Data: Amazon 2018 Scientific (LC-Rec JSON, leave-one-out, history 20, page = the next item;
+skipped when ``../shared/data`` is absent) and the synthetic page logs with 50-item histories (page-wise).
+``--curves`` adds the whole 20-epoch ``tiny`` training on Scientific both ways (validation-selected, as
+`genrec train sft` runs it): wall time, selected validation HR@10 / NDCG@10, and a loss-vs-examples plot.
 """
 
 from __future__ import annotations
@@ -31,8 +43,107 @@ def random_batch(vocab: SIDVocab, batch: int, history: int, page: int, gen: torc
     return SFTBatch(tokens[:, :history], torch.full((batch,), history), target, torch.full((batch,), target.shape[1]))
 
 
+SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon18-scientific"
+
+
+def packing_tasks(args) -> dict:
+    """name -> (task, objective): Scientific when present, the synthetic page logs."""
+    from genrec_ext.experiments import SYNTHETIC, Table1Spec, sequence_task, synthetic_task
+
+    tasks = {}
+    if SCIENTIFIC.exists():
+        tasks["scientific"] = (sequence_task(SCIENTIFIC, max_history=20, sids=args.sci_sids, sid_dir=args.out / "sids_scientific",
+                                             sid={"levels": 3, "codebook_size": 256, "seed": 0,
+                                                  "text_fields": ["title", "brand", "categories"]}), "page")
+    else:
+        print(f"{SCIENTIFIC} not found: Scientific rows skipped")
+    spec = Table1Spec.load(SYNTHETIC)
+    tasks["synthetic-50"] = (synthetic_task(spec.world, max_history=50, sid=spec.sid, sid_dir=args.out / "sids_synthetic"),
+                             "page")
+    return tasks
+
+
+def packing_main(args) -> None:
+    import time
+
+    from genrec_ext.train import SFTConfig, make_sft_dataset, train_sft
+
+    rows = []
+    for name, (task, objective) in packing_tasks(args).items():
+        ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
+        for preset in args.presets:
+            result = {"data": name, "preset": preset, "examples": len(ds)}
+            for packing in (False, True):
+                key = "packed" if packing else "unpacked"
+                model = build_model(preset, ds.vocab, seed=0)
+                config = SFTConfig(out_dir=str(args.out / "runs" / f"{name}_{preset}_{key}"), packing=packing,
+                                   global_batch_size=args.global_batch, max_steps=args.steps, log_every=args.steps,
+                                   lr=3e-3, plot=False, overwrite=True, device=args.device)
+                started = time.perf_counter()
+                run = train_sft(model, ds, config, progress=False)
+                setup = time.perf_counter() - started - run.elapsed
+                record = run.history[-1]
+                saved = __import__("json").loads((Path(config.out_dir) / "config.json").read_text())
+                result[f"{key}_ex_s"] = record["examples"] / run.elapsed
+                result[f"{key}_tok_s"] = record["target_tokens_per_s"]
+                result[f"{key}_positions_s"] = record["tokens_per_s"]
+                if packing:
+                    result["pack_setup_s"] = setup
+                    result["position_ratio"] = saved["positions_unpacked"] / saved["positions_packed"]
+            result["speedup"] = result["packed_ex_s"] / result["unpacked_ex_s"]
+            rows.append(result)
+            print_row(result)
+    note = (f"{machine_description(args.device)}; fp32; {args.steps} optimiser steps of about {args.global_batch} examples "
+            "each way, same model seed and data. *_ex_s: training examples/s of the loop; *_tok_s: supervised target "
+            "tokens/s; *_positions_s: real (unpadded) input positions/s; position_ratio: positions laid out one example "
+            "per row / packed (the shared histories); speedup = packed / unpacked examples/s; pack_setup_s: planning "
+            "the packed rows (once per run).")
+    write_table(rows, ["data", "preset", "examples", "unpacked_ex_s", "packed_ex_s", "speedup", "unpacked_tok_s",
+                       "packed_tok_s", "unpacked_positions_s", "packed_positions_s", "position_ratio", "pack_setup_s"],
+                "SFT throughput: shared-prefix packing vs one example per row", args.out / f"sft_packing_{args.device}", note)
+    if args.curves and SCIENTIFIC.exists():
+        curves_main(args)
+
+
+def curves_main(args) -> None:
+    """The 20-epoch tiny run on Scientific, unpacked and packed, validation-selected as `genrec train sft` does."""
+    from genrec_ext.eval import make_validator
+    from genrec_ext.train import SFTConfig, make_sft_dataset, plot_loss_curves, train_sft
+
+    task, objective = packing_tasks(args)["scientific"]
+    ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
+    rows, curves = [], {}
+    for packing in (False, True):
+        key = "packed" if packing else "unpacked"
+        model = build_model("tiny", ds.vocab, seed=0)
+        validate = make_validator(task.splits.valid, task.catalog, task.table, max_history=task.max_history)
+        config = SFTConfig(out_dir=str(args.out / "runs" / f"scientific_tiny_20ep_{key}"), packing=packing, epochs=20,
+                           global_batch_size=256, lr=3e-3, patience=3, plot=False, overwrite=True, device=args.device)
+        run = train_sft(model, ds, config, progress=False, validate=validate)
+        best = run.best or {}
+        row = {"run": key, "epochs_run": round(run.epoch, 2), "train_s": run.elapsed,
+               "selected_epoch": round(best.get("step", 0) / max(1, run.step) * run.epoch, 2),
+               **{f"valid_{k}": v for k, v in best.get("metrics", {}).items()}}
+        rows.append(row)
+        print_row(row)
+        curves[f"{key} ({run.elapsed:.0f} s)"] = Path(config.out_dir) / "metrics.jsonl"
+    rows.append({"run": "unpacked / packed time", "train_s": rows[0]["train_s"] / rows[1]["train_s"]})
+    write_table(rows, ["run", "epochs_run", "selected_epoch", "train_s", "valid_HR@10", "valid_NDCG@10"],
+                "20-epoch tiny SFT on Scientific: unpacked vs packed", args.out / f"sft_packing_curves_{args.device}",
+                f"{machine_description(args.device)}; `genrec train sft` defaults (batch 256, lr 3e-3, patience 3, "
+                "validation every epoch on up to 4,096 queries).")
+    plot_loss_curves(curves, args.out / f"sft_packing_curves_{args.device}.png", x="examples", smooth=0.6,
+                     title="SFT loss on Scientific (tiny): unpacked vs packed")
+
+
 def main() -> None:
     ap = benchmark_parser(__doc__)
+    ap.add_argument("--packing", action="store_true", help="packed vs unpacked training runs (see above)")
+    ap.add_argument("--curves", action="store_true", help="with --packing: the 20-epoch tiny run on Scientific")
+    ap.add_argument("--presets", default="tiny,small", help="--packing: model presets")
+    ap.add_argument("--steps", type=int, default=40, help="--packing: optimiser steps per run")
+    ap.add_argument("--global-batch", type=int, default=256, help="--packing: examples per step")
+    ap.add_argument("--sci-sids", help="--packing: an existing Scientific SID table (default: built and cached)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--histories", type=parse_ints, default=[20, 100, 500])
@@ -40,6 +151,10 @@ def main() -> None:
     ap.add_argument("--page", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0)
     args = ap.parse_args()
+    if args.packing:
+        args.presets = args.presets.split(",")
+        packing_main(args)
+        return
     vocab = SIDVocab((256, 256, 256))
     gen = torch.Generator().manual_seed(0)
     models = {tm: build_model(args.preset, vocab, token_merger=tm).to(args.device) for tm in (True, False)}

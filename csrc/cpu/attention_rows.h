@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/vec16.h"
+#include "cpu/simd.h"
 
 namespace genrec::cpu {
 

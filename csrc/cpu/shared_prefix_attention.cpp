@@ -17,42 +17,45 @@
 #include <vector>
 
 #include "cpu/attention_rows.h"
-#include "cpu/vec16.h"
+#include "cpu/isa.h"
+#include "cpu/simd.h"
 #include "cpu/vec_math.h"
 #include "shared_prefix_attention_common.h"
 
 namespace genrec::cpu {
 namespace {
 
-// out[r] = sum_i c[r * c_stride + i] * x[i * stride .. i * stride + kLanes) for i < n and R rows: each block
+// out[r] = sum_i c[r * c_stride + i] * x[i * stride .. i * stride + S::lanes) for i < n and R rows: each block
 // of x is loaded once for all R rows; two accumulators per row (even / odd i), and four for a lone row, so
-// that no multiply-add waits on the previous one's latency.
-template <int R>
-inline __attribute__((always_inline)) void weighted_rows(const float* c, int64_t c_stride, const float* x,
-                                                         int64_t stride, int64_t n, Vec (&out)[R]) {
+// that no multiply-add waits on the previous one's latency (2 x 4 accumulators + 2 loads fit the 16 registers
+// of AVX2 at its 8-lane width as well as AVX-512's 32).
+template <class S, int R>
+GENREC_INLINE void weighted_rows(const float* c, int64_t c_stride, const float* x, int64_t stride, int64_t n,
+                                 typename S::V (&out)[R]) {
+  using V = typename S::V;
   if constexpr (R == 1) {
-    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    V a0 = {}, a1 = {}, a2 = {}, a3 = {};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) {
-      a0 += c[i] * load(x + i * stride);
-      a1 += c[i + 1] * load(x + (i + 1) * stride);
-      a2 += c[i + 2] * load(x + (i + 2) * stride);
-      a3 += c[i + 3] * load(x + (i + 3) * stride);
+      a0 += c[i] * S::load(x + i * stride);
+      a1 += c[i + 1] * S::load(x + (i + 1) * stride);
+      a2 += c[i + 2] * S::load(x + (i + 2) * stride);
+      a3 += c[i + 3] * S::load(x + (i + 3) * stride);
     }
-    for (; i < n; ++i) a0 += c[i] * load(x + i * stride);
+    for (; i < n; ++i) a0 += c[i] * S::load(x + i * stride);
     out[0] = (a0 + a1) + (a2 + a3);
   } else {
-    Vec even[R] = {}, odd[R] = {};
+    V even[R] = {}, odd[R] = {};
     int64_t i = 0;
     for (; i + 2 <= n; i += 2) {
-      const Vec x0 = load(x + i * stride), x1 = load(x + (i + 1) * stride);
+      const V x0 = S::load(x + i * stride), x1 = S::load(x + (i + 1) * stride);
       for (int r = 0; r < R; ++r) {
         even[r] += c[r * c_stride + i] * x0;
         odd[r] += c[r * c_stride + i + 1] * x1;
       }
     }
     if (i < n) {
-      const Vec x0 = load(x + i * stride);
+      const V x0 = S::load(x + i * stride);
       for (int r = 0; r < R; ++r) even[r] += c[r * c_stride + i] * x0;
     }
     for (int r = 0; r < R; ++r) out[r] = even[r] + odd[r];
@@ -63,58 +66,62 @@ inline __attribute__((always_inline)) void weighted_rows(const float* c, int64_t
 // keys and each row's own keys; outputs to out[R][value_stride]. `weights` holds R rows of weight_stride.
 // Scores are summed in registers across keys, outputs across dimensions: no horizontal sums in the inner
 // loops, and no store-to-load chain through memory.
-template <int R>
-inline __attribute__((always_inline)) void attend_block(RowBlock<float>& block, const PromptPanel<float>& panel,
-                                                        int64_t visible, int64_t dim, float* weights,
-                                                        int64_t weight_stride) {
+template <class S, int R>
+GENREC_INLINE void attend_block(RowBlock<float>& block, const PromptPanel<float>& panel, int64_t visible,
+                                int64_t dim, float* weights, int64_t weight_stride) {
+  using V = typename S::V;
   const float* queries = block.queries.data();
   float* out = block.out.data();
   const int64_t vs = panel.value_stride, own = block.own;
-  for (int64_t p0 = 0; p0 < visible; p0 += kLanes) {
-    Vec scores[R];
-    weighted_rows<R>(queries, vs, panel.keys_t.data() + p0, panel.key_stride, dim, scores);
-    for (int r = 0; r < R; ++r) store(weights + r * weight_stride + p0, scores[r]);
+  for (int64_t p0 = 0; p0 < visible; p0 += S::lanes) {
+    V scores[R];
+    weighted_rows<S, R>(queries, vs, panel.keys_t.data() + p0, panel.key_stride, dim, scores);
+    for (int r = 0; r < R; ++r) S::store(weights + r * weight_stride + p0, scores[r]);
   }
   float inv[R];
   for (int r = 0; r < R; ++r) {
     float* w = weights + r * weight_stride;
     for (int64_t t = 0; t < own; ++t) {  // after the blocks above, whose last may spill past `visible`
-      Vec s = {};
+      V s = {};
       const float* k = block.own_key(r, t);
-      for (int64_t d = 0; d < dim; d += kLanes) s += load(queries + r * vs + d) * load(k + d);
-      w[visible + t] = hsum(s);
+      for (int64_t d = 0; d < dim; d += S::lanes) s += S::load(queries + r * vs + d) * S::load(k + d);
+      w[visible + t] = S::hsum(s);
     }
     // Softmax weights in place, and 1 / their sum, over whole blocks: the padding past the last score is -inf,
     // whose weights (< 1.2e-38 after the clamp in exp) are never read.
     const int64_t n = visible + own, padded = round_up(n);
     std::fill(w + n, w + padded, -std::numeric_limits<float>::infinity());
-    inv[r] = 1.0f / block_sum_exp(w, padded, block_max(w, padded), w);
+    inv[r] = 1.0f / block_sum_exp<S>(w, padded, block_max<S>(w, padded), w);
   }
-  for (int64_t j0 = 0; j0 < dim; j0 += kLanes) {
-    Vec acc[R];
-    weighted_rows<R>(weights, weight_stride, panel.values.data() + j0, vs, visible, acc);
+  for (int64_t j0 = 0; j0 < dim; j0 += S::lanes) {
+    V acc[R];
+    weighted_rows<S, R>(weights, weight_stride, panel.values.data() + j0, vs, visible, acc);
     for (int r = 0; r < R; ++r) {
       for (int64_t t = 0; t < own; ++t) {
-        acc[r] += weights[r * weight_stride + visible + t] * load(block.own_value(r, t) + j0);
+        acc[r] += weights[r * weight_stride + visible + t] * S::load(block.own_value(r, t) + j0);
       }
-      store(out + r * vs + j0, acc[r] * inv[r]);
+      S::store(out + r * vs + j0, acc[r] * inv[r]);
     }
+  }
+}
+
+template <class S>
+GENREC_INLINE void attend_any(int64_t rows, RowBlock<float>& block, const PromptPanel<float>& panel, int64_t visible,
+                              int64_t dim, float* weights, int64_t weight_stride) {
+  switch (rows) {
+    case 1: return attend_block<S, 1>(block, panel, visible, dim, weights, weight_stride);
+    case 2: return attend_block<S, 2>(block, panel, visible, dim, weights, weight_stride);
+    case 3: return attend_block<S, 3>(block, panel, visible, dim, weights, weight_stride);
+    default: return attend_block<S, 4>(block, panel, visible, dim, weights, weight_stride);
   }
 }
 
 }  // namespace
 
-__attribute__((target_clones("avx512f", "avx2", "default"))) void attend_rows(int64_t rows, RowBlock<float>& block,
-                                                                            const PromptPanel<float>& panel,
-                                                                            int64_t visible, int64_t dim,
-                                                                            float* weights, int64_t weight_stride) {
-  switch (rows) {
-    case 1: return attend_block<1>(block, panel, visible, dim, weights, weight_stride);
-    case 2: return attend_block<2>(block, panel, visible, dim, weights, weight_stride);
-    case 3: return attend_block<3>(block, panel, visible, dim, weights, weight_stride);
-    default: return attend_block<4>(block, panel, visible, dim, weights, weight_stride);
-  }
-}
+GENREC_ISA_DISPATCH(void, attend_rows,
+                    (int64_t rows, RowBlock<float>& block, const PromptPanel<float>& panel, int64_t visible,
+                     int64_t dim, float* weights, int64_t weight_stride),
+                    (rows, block, panel, visible, dim, weights, weight_stride), attend_any)
 
 // float64 (exactness checks, not speed): the same maths, scalar, row by row.
 void attend_rows(int64_t rows, RowBlock<double>& block, const PromptPanel<double>& panel, int64_t visible,

@@ -1,6 +1,6 @@
 // Row kernels the CPU ops share: max, exp(x - max) summed (optionally stored), sums of squares and SwiGLU's
 // silu(gate) * up, in 16-float blocks
-// (cpu/vec16.h) with the ISA (AVX-512 / AVX2 / baseline) picked at load time. ATen's SLEEF-backed vector
+// (cpu/simd.h) in the width of the ISA picked at load time (cpu/isa.h). ATen's SLEEF-backed vector
 // maths is not reachable from an extension, hence our own exp.
 #pragma once
 

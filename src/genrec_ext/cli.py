@@ -73,10 +73,14 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     values = yaml.safe_load(open(args.train_config)) if args.train_config else {}
     flags = {"out_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "global_batch_size": args.batch_size,
              "grad_accum": args.grad_accum, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
+             "packing": args.packing, "pack_tokens": args.pack_tokens, "batch_tokens": args.batch_tokens,
              "seed": args.seed, "bf16": args.bf16, "tensorboard": args.tensorboard or None, "overwrite": args.overwrite or None,
              "eval_every": args.eval_every, "patience": args.patience, "select_metric": args.select_metric}
     values.update({k: v for k, v in flags.items() if v is not None})
-    config = SFTConfig.from_dict({**RECIPE, **values})
+    try:
+        config = SFTConfig.from_dict({**RECIPE, **values})
+    except ValueError as exc:
+        raise SystemExit(f"genrec train sft: {exc}") from None
     validate = None
     if args.validate:
         if len(splits.valid) == 0:
@@ -468,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, help="global batch: examples per optimizer step")
     p.add_argument("--grad-accum", type=int)
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                   help="share each user's history among its samples in one packed row (default on; --no-packing: "
+                   "one example per row, the ablation)")
+    p.add_argument("--pack-tokens", type=int, help="packed row length at most (default 1024 positions)")
+    p.add_argument("--batch-tokens", type=int, help="padded positions per micro-batch (default: about --batch-size "
+                   "examples per step)")
     p.add_argument("--lr", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
