@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -33,25 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, parse_ints, print_row, time_samples, write_table  # noqa: E402
+from common import (benchmark_parser, cpu_model, machine_description, parse_ints, print_row, time_samples,  # noqa: E402
+                    write_table)
 
 from genrec_ext.ops import grpo_sr_loss, reference  # noqa: E402
-
-
-def cpu_model() -> str:
-    """CPU model and its widest vector ISA (the kernels' exp and reductions are AVX-512 / AVX2 clones)."""
-    model = platform.processor() or platform.machine()
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-            model = m.group(1).strip()
-        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
-            flags = m.group(1)
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags.split() else "AVX2" if "avx2" in flags.split() else "baseline"
-    return f"{model}, {isa}, torch ISA {torch.backends.cpu.get_cpu_capability()}"
 
 
 def make_case(rows: int, hidden: int, vocab: int, device: str, dtype: torch.dtype, seed: int = 0):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -68,10 +70,30 @@ def print_row(row: dict) -> None:
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
 
 
+def cpu_model() -> str:
+    """CPU model, its widest vector ISA, the path our kernels take (GENREC_CPU_ISA caps it) and torch's."""
+    model = platform.processor() or platform.machine()
+    flags: list[str] = []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+            model = m.group(1).strip()
+        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
+            flags = m.group(1).split()
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "baseline"
+    cap = os.environ.get("GENREC_CPU_ISA")
+    ours = f"our kernels capped to {cap}" if cap else "our kernels on the widest"
+    extra = ", ".join(f"{k}={os.environ[k]}" for k in ("MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY") if k in os.environ)
+    return (f"{model}, {isa} ({ours}; torch ISA {torch.backends.cpu.get_cpu_capability()}"
+            + (f"; {extra}" if extra else "") + ")")
+
+
 def machine_description(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def write_table(rows: list[dict], columns: list[str], title: str, out_stem: Path, note: str = "") -> str:
