@@ -22,6 +22,7 @@ skipped when ``../shared/data`` is absent) and the synthetic page logs with 50-i
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -51,15 +52,18 @@ def packing_tasks(args) -> dict:
     from genrec_ext.experiments import SYNTHETIC, Table1Spec, sequence_task, synthetic_task
 
     tasks = {}
-    if SCIENTIFIC.exists():
+    if "scientific" not in args.datasets:
+        pass
+    elif SCIENTIFIC.exists():
         tasks["scientific"] = (sequence_task(SCIENTIFIC, max_history=20, sids=args.sci_sids, sid_dir=args.out / "sids_scientific",
                                              sid={"levels": 3, "codebook_size": 256, "seed": 0,
                                                   "text_fields": ["title", "brand", "categories"]}), "page")
     else:
         print(f"{SCIENTIFIC} not found: Scientific rows skipped")
-    spec = Table1Spec.load(SYNTHETIC)
-    tasks["synthetic-50"] = (synthetic_task(spec.world, max_history=50, sid=spec.sid, sid_dir=args.out / "sids_synthetic"),
-                             "page")
+    if "synthetic-50" in args.datasets:
+        spec = Table1Spec.load(SYNTHETIC)
+        tasks["synthetic-50"] = (synthetic_task(spec.world, max_history=50, sid=spec.sid,
+                                                sid_dir=args.out / "sids_synthetic"), "page")
     return tasks
 
 
@@ -110,7 +114,7 @@ def curves_main(args) -> None:
     from genrec_ext.eval import make_validator
     from genrec_ext.train import SFTConfig, make_sft_dataset, plot_loss_curves, train_sft
 
-    task, objective = packing_tasks(args)["scientific"]
+    task, objective = packing_tasks(argparse.Namespace(**{**vars(args), "datasets": ["scientific"]}))["scientific"]
     ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
     rows, curves = [], {}
     for packing in (False, True):
@@ -144,6 +148,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="--packing: optimiser steps per run")
     ap.add_argument("--global-batch", type=int, default=256, help="--packing: examples per step")
     ap.add_argument("--sci-sids", help="--packing: an existing Scientific SID table (default: built and cached)")
+    ap.add_argument("--datasets", default="scientific,synthetic-50", help="--packing: which data")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--histories", type=parse_ints, default=[20, 100, 500])
@@ -152,7 +157,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1.0)
     args = ap.parse_args()
     if args.packing:
-        args.presets = args.presets.split(",")
+        args.presets, args.datasets = args.presets.split(","), args.datasets.split(",")
         packing_main(args)
         return
     vocab = SIDVocab((256, 256, 256))

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.data, "rb") as f:
         dataset = pickle.load(f)
     model = build_model(args.preset, dataset.vocab, seed=args.model_seed)
-    config = SFTConfig.from_dict({"packing": False, **json.loads(args.config), "out_dir": args.out})
+    config = SFTConfig.from_dict({**json.loads(args.config), "out_dir": args.out})
 
     def slow_down(step: int, record) -> None:
         if 0 <= args.sleep_after < step:

@@ -105,9 +105,7 @@ def one_thread():
 
 
 def train(ds, out, *, model_seed=0, resume=False, callback=None, validate=None, **config):
-    """One SFT run; unpacked (one example per row) unless ``packing=True``: most tests here pin the loop's
-    example-count batches, the packed path has its own tests below."""
-    config.setdefault("packing", False)
+    """One SFT run; unpacked (one example per row, the default) unless ``packing=True``."""
     model = build_model("tiny", ds.vocab, seed=model_seed)
     result = train_sft(model, ds, SFTConfig(out_dir=str(out), **config), resume=resume, progress=False,
                        callback=callback, validate=validate)
@@ -316,20 +314,21 @@ def test_two_gloo_ranks_match_one_process(ragged_ds, ragged_pickle, tmp_path, pa
 
 
 def test_packed_training_learns_and_reports_what_it_shared(point_ds, tmp_path):
-    """The default (packing on): point-wise examples of one page and a user's growing histories share a row; the
-    model learns as the unpacked one does, a step holds about global_batch_size examples, and config.json says
-    how many positions packing saved."""
-    model, packed = train(point_ds, tmp_path / "packed", packing=True, lr=3e-3, global_batch_size=16, max_steps=60,
-                          log_every=20)
-    _, plain = train(point_ds, tmp_path / "plain", lr=3e-3, global_batch_size=16, max_steps=60, log_every=20)
+    """Packing on: point-wise examples of one page and a user's growing histories share a row; a step holds about
+    global_batch_size examples, config.json says how many positions packing saved, and the model learns, a
+    little slower per step than unpacked (a user's samples share a batch; measured here after 60 steps of 64:
+    loss 2.33 packed vs 2.19 unpacked)."""
+    _, packed = train(point_ds, tmp_path / "packed", packing=True, lr=3e-3, global_batch_size=64, max_steps=60,
+                      log_every=20)
+    _, plain = train(point_ds, tmp_path / "plain", lr=3e-3, global_batch_size=64, max_steps=60, log_every=20)
     saved = json.loads((tmp_path / "packed" / "config.json").read_text())
     assert saved["packed"] is True and json.loads((tmp_path / "plain" / "config.json").read_text())["packed"] is False
-    assert saved["positions_packed"] < 0.6 * saved["positions_unpacked"]  # measured ~0.42 here
+    assert saved["positions_packed"] < 0.6 * saved["positions_unpacked"]  # measured ~0.39 here
     examples = packed.history[-1]["examples"]
-    assert 0.7 * 60 * 16 < examples < 1.3 * 60 * 16  # about global_batch_size per step
+    assert 0.7 * 60 * 64 < examples < 1.3 * 60 * 64  # about global_batch_size per step
     losses = [r["loss"] for r in packed.history]
     assert losses[-1] < losses[0] - 1.0
-    assert abs(packed.loss - plain.loss) < 0.25  # the same objective: the curves end close
+    assert packed.loss - plain.loss < 0.3
 
 
 def test_packed_run_resumes_to_the_uninterrupted_weights(page_ds, tmp_path):

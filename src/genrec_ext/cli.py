@@ -473,8 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch: examples per optimizer step")
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
-                   help="share each user's history among its samples in one packed row (default on; --no-packing: "
-                   "one example per row, the ablation)")
+                   help="share each user's history among its samples in one packed row: 2.7x faster SFT on "
+                   "Scientific, but at equal epochs 6-9%% lower validation HR@10 (default off: one example per row)")
     p.add_argument("--pack-tokens", type=int, help="packed row length at most (default 1024 positions)")
     p.add_argument("--batch-tokens", type=int, help="padded positions per micro-batch (default: about --batch-size "
                    "examples per step)")

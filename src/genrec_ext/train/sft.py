@@ -98,8 +98,10 @@ class SFTConfig:
     grad_accum: int = 1  # micro-batches per optimiser step on each rank
     # shared-prefix packing (train/packing.py): a user's samples share one copy of their history; a step then
     # holds about global_batch_size examples (micro-batches under batch_tokens padded positions, default derived
-    # from global_batch_size); packed rows are cut at pack_tokens positions. False: one example per row.
-    packing: bool = True
+    # from global_batch_size); packed rows are cut at pack_tokens positions. Off by default: 2.7x faster on
+    # Scientific (tiny, 20 epochs), but a user's samples then share a batch and validation HR@10 fell 6-9% at
+    # equal epochs (benchmarks/results/sft_packing_cpu.md)
+    packing: bool = False
     pack_tokens: int = 1024
     batch_tokens: int | None = None
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
