@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
+#include <string>
 
 namespace genrec {
 namespace {
@@ -97,9 +99,12 @@ TokenMergeSizes check_token_merge_args(const at::Tensor& sid_tokens, const at::T
 
 void throw_bad_token(int64_t flat_index, int64_t value, int64_t vocab, int64_t pad_id, at::IntArrayRef shape) {
   const int64_t levels = shape[2], per_batch = shape[1] * levels;
+  // INT64_MIN is the Python face's "no pad_id" (genrec_ext.ops.token_merge.NO_PAD)
+  const std::string pad = pad_id == std::numeric_limits<int64_t>::min() ? std::string("no pad_id was given")
+                                                                         : "is not pad_id=" + std::to_string(pad_id);
   TORCH_CHECK_INDEX(false, "token_merge: sid_tokens[", flat_index / per_batch, ", ", (flat_index % per_batch) / levels,
                     ", ", flat_index % levels, "] = ", value, " is outside [0, ", vocab,
-                    ") (the embedding's rows) and is not pad_id=", pad_id);
+                    ") (the embedding's rows) and ", pad);
 }
 
 at::Tensor token_merge_forward(const TokenMergeKernels& k, const at::Tensor& sid_tokens,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -235,12 +236,28 @@ def _good():
         (lambda t, E, W, b: (t, E[None], W, b), RuntimeError, r"embedding must be \[V, d\], got shape \[1, 10, 4\]"),
         (lambda t, E, W, b: (t.clone().fill_(10), E, W, b), IndexError, r"sid_tokens\[0, 0, 0\] = 10 is outside \[0, 10\)"),
         (lambda t, E, W, b: (torch.tensor([[[1, 2, 3], [4, -3, 5]]]), E, W, b), IndexError,
-         r"sid_tokens\[0, 1, 1\] = -3 is outside \[0, 10\) .* not pad_id=0"),
+         r"sid_tokens\[0, 1, 1\] = -3 is outside \[0, 10\) .* and no pad_id was given"),
     ],
 )
 def test_bad_input_is_named(change, error, match):
     with pytest.raises(error, match=match):
         token_merge(*change(*_good()))
+    with pytest.raises(IndexError, match=r"= -3 is outside \[0, 10\) .* and is not pad_id=7"):
+        token_merge(torch.tensor([[[1, 2, 3], [4, -3, 5]]]), *_good()[1:], pad_id=7)
+
+
+def test_padding_is_explicit_token_0_is_a_real_token_by_default():
+    """A drop-in op must not zero someone's real token 0: no pad unless pad_id is given (the op, the module)."""
+    tokens, E, W, b = _good()
+    tokens = tokens.clone()
+    tokens[0, 0] = 0  # an item made of token 0 alone
+    plain = token_merge(tokens, E, W, b)
+    torch.testing.assert_close(plain, reference.token_merge(tokens, E, W, b))
+    assert plain[0, 0].abs().sum() > 0 and torch.allclose(plain[0, 0], F.linear(E[[0, 0, 0]].flatten(), W, b))
+    padded = token_merge(tokens, E, W, b, pad_id=0)
+    assert torch.equal(padded[0, 0], torch.zeros_like(padded[0, 0]))
+    merger = TokenMerger(10, 4, 3, 5)
+    assert merger.pad_id is None and "pad_id=None" in repr(merger)
 
 
 def test_bad_grad_out_is_named():

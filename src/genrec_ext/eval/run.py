@@ -9,8 +9,9 @@ from tqdm.auto import tqdm
 from ..data import ItemCatalog, PageSamples
 from ..decoding import beam_search
 from ..model import GenRecModel
-from ..sid import SIDTable, SIDTrie
-from ..train import catalog_index_of_sids, collate, make_sft_dataset
+from ..model.batch import history_prompts
+from ..sid import SIDTable, SIDTrie, SIDVocab, catalog_index_of_sids, sid_codes_for
+from ..sid.vocab import PAD
 from .metrics import DEFAULT_KS, evaluate
 
 
@@ -28,13 +29,15 @@ def recommend(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, ta
     generated bool [Q, W] = the slot holds a generated SID rather than a dead beam)."""
     model.eval()
     device = next(model.parameters()).device
-    dataset = make_sft_dataset(samples, catalog, table, "page", max_history=max_history)
+    item_tokens = SIDVocab(tuple(table.level_sizes)).tokens(torch.from_numpy(sid_codes_for(catalog, table))).numpy()
     trie = SIDTrie.from_table(table).to(device)
     to_catalog = torch.from_numpy(catalog_index_of_sids(catalog, table))
     items, generated = [], []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="beam search", unit="batch", disable=not progress):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
-        result = beam_search(model, batch.history, batch.history_len, trie, beam_width=beam_width,
+    for start in tqdm(range(0, len(samples), batch_size), desc="beam search", unit="batch", disable=not progress):
+        rows = range(start, min(start + batch_size, len(samples)))
+        histories = [samples.history[i] if max_history is None else samples.history[i][-max_history:] for i in rows]
+        history, history_len, _ = history_prompts(histories, item_tokens, pad=PAD)
+        result = beam_search(model, history.to(device), history_len.to(device), trie, beam_width=beam_width,
                              constrained=constrained, table=table)
         found = result.items.cpu()
         items.append(torch.where(found >= 0, to_catalog[found.clamp(min=0)], -1).numpy())

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -56,3 +59,21 @@ class PackedSFTBatch:
     def num_target_tokens(self) -> int:
         """Supervised tokens: every tail position but padding and each block's <sep> is a target token."""
         return int(((self.block >= 0) & (self.offset > 0)).sum())
+
+
+def history_prompts(histories: Sequence[np.ndarray], item_tokens: np.ndarray, pad: int = 0
+                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """The model's prompt input for a batch of histories (catalogue item indices, oldest first, already capped):
+    ``history`` tokens ``[B, N, L]`` (``pad`` beyond each length), ``history_len [B]`` and the item indices
+    ``[B, N]`` (-1 beyond each length); ``item_tokens [I, L]`` holds every item's SID tokens. An empty history is
+    a prompt of ``<bos> <sep>`` alone."""
+    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+    width = max(1, int(lengths.max()) if len(lengths) else 1)
+    items = np.full((len(histories), width), -1, dtype=np.int64)
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(histories)), lengths)
+        cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        items[rows, cols] = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+    tokens = np.asarray(item_tokens)[np.maximum(items, 0)]
+    tokens[items < 0] = pad
+    return torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(items)

@@ -15,7 +15,8 @@ class TokenMerger(nn.Module):
         dim: embedding width d.
         levels: SID levels L (tokens per item).
         out_dim: width of the merged vector (the decoder's hidden size).
-        pad_id: padding token id; all-pad items merge to zeros.
+        pad_id: padding token id, whose embeddings add zeros (all-pad items merge to zeros); None (default): no
+            padding (GenRec's model passes its ``<pad>``).
         bias: whether the projection has a bias.
         embedding: an existing ``nn.Embedding`` to share (e.g. the decoder's input embeddings, so prompt
             and decoding use one table); a new one is created when omitted.
@@ -28,7 +29,7 @@ class TokenMerger(nn.Module):
         levels: int,
         out_dim: int,
         *,
-        pad_id: int = 0,
+        pad_id: int | None = None,
         bias: bool = True,
         embedding: nn.Embedding | None = None,
         device=None,

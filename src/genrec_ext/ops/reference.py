@@ -13,10 +13,11 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def token_merge(
-    sid_tokens: Tensor, embedding: Tensor, weight: Tensor, bias: Tensor | None = None, pad_id: int = 0
+    sid_tokens: Tensor, embedding: Tensor, weight: Tensor, bias: Tensor | None = None, pad_id: int | None = None
 ) -> Tensor:
-    """Paper eq. (5): ``Linear(Concat(e(s_1), ..., e(s_L)))`` per history item; pads are zeros."""
-    is_pad = sid_tokens == pad_id
+    """Paper eq. (5): ``Linear(Concat(e(s_1), ..., e(s_L)))`` per history item; pads (if ``pad_id`` is given)
+    are zeros."""
+    is_pad = sid_tokens == pad_id if pad_id is not None else torch.zeros_like(sid_tokens, dtype=torch.bool)
     looked_up = embedding[sid_tokens.masked_fill(is_pad, 0)]  # [B, N, L, d]
     looked_up = torch.where(is_pad.unsqueeze(-1), torch.zeros((), dtype=embedding.dtype), looked_up)
     merged = F.linear(looked_up.flatten(2), weight, bias)  # [B, N, d_out]

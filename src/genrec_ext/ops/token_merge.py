@@ -58,12 +58,16 @@ for _device in ("cpu", "cuda"):
     torch.library.register_autocast(_OP, _device, torch.bfloat16)
 
 
+#: what the kernels get for "no padding": an id no token can hold (every token is checked to lie in [0, V))
+NO_PAD = -(2**63)
+
+
 def token_merge(
     sid_tokens: Tensor,
     embedding: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
-    pad_id: int = 0,
+    pad_id: int | None = None,
 ) -> Tensor:
     """Merge each history item's L SID-token embeddings into one vector (paper eq. 5).
 
@@ -72,11 +76,13 @@ def token_merge(
         embedding: ``[V, d]`` float32 / bfloat16 / float64 token embedding table.
         weight: ``[d_out, L * d]`` projection, same dtype as ``embedding``.
         bias: optional ``[d_out]``.
-        pad_id: token id marking padding; it may lie inside or outside ``[0, V)``.
+        pad_id: token id marking padding (inside or outside ``[0, V)``); None (the default): no padding, every
+            token is a real one. Explicit, because a drop-in op must not silently zero someone's real token 0.
 
     Returns:
         ``[B, N, d_out]`` in the dtype of ``embedding``.
     """
+    pad_id = NO_PAD if pad_id is None else pad_id
     with nvtx_range(_OP):
         if wants_grad((embedding, weight, bias)) or torch.compiler.is_compiling():
             return torch.ops.genrec.token_merge(sid_tokens, embedding, weight, bias, pad_id)

@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 from .._config import check, from_mapping
 from ..decoding import beam_search, level_logits
 from ..model import hf_progress_bars
+from ..model.batch import history_prompts
 from ..nn import GRPOSRLoss
 from ..ops import grpo_sr_loss
 from ..reward import group_advantages
@@ -194,7 +195,7 @@ class RLQueries:
         self.samples, self.index, self.max_history = samples, keep, max_history
         self.codes = torch.from_numpy(sid_codes_for(catalog, table)).to(torch.int64)  # [I, L] catalogue order
         self.vocab = SIDVocab(tuple(table.level_sizes))
-        self.tokens = self.vocab.tokens(self.codes)  # [I, L]
+        self.item_tokens = self.vocab.tokens(self.codes).numpy()  # [I, L] every item's SID tokens
 
     def __len__(self) -> int:
         return len(self.index)
@@ -203,18 +204,12 @@ class RLQueries:
         """``history_items [B, N]`` / ``positives [B, P]`` (catalogue indices, -1 padding), ``history`` tokens
         ``[B, N, L]`` (PAD-filled) and ``history_len [B]``."""
         s = self.index[rows]
-        hists = [self.samples.history[i][-self.max_history:] for i in s]
-        poss = [self.samples.positives[i] for i in s]
-        n, p = max(len(h) for h in hists), max(len(q) for q in poss)
-        history_items = torch.full((len(s), n), -1, dtype=torch.int64)
-        positives = torch.full((len(s), p), -1, dtype=torch.int64)
-        for b, (h, q) in enumerate(zip(hists, poss)):
-            history_items[b, :len(h)] = torch.tensor(h, dtype=torch.int64)
-            positives[b, :len(q)] = torch.tensor(q, dtype=torch.int64)
-        history = self.tokens[history_items.clamp(min=0)]
-        history[history_items < 0] = PAD
+        history, history_len, history_items = history_prompts(
+            [self.samples.history[i][-self.max_history:] for i in s], self.item_tokens, pad=PAD)
+        # the positives as the same padded layout (item indices, -1 padding)
+        _, _, positives = history_prompts([self.samples.positives[i] for i in s], self.item_tokens, pad=PAD)
         return {"history_items": history_items, "positives": positives, "history": history,
-                "history_len": torch.tensor([len(h) for h in hists], dtype=torch.int64)}
+                "history_len": history_len}
 
 
 def step_rows(num_queries: int, batch_size: int, seed: int, step: int) -> np.ndarray:

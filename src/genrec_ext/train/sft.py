@@ -99,8 +99,8 @@ class SFTConfig:
     # shared-prefix packing (train/packing.py): a user's samples share one copy of their history; a step then
     # holds about global_batch_size examples (micro-batches under batch_tokens padded positions, default derived
     # from global_batch_size); packed rows are cut at pack_tokens positions. Off by default: 2.7x faster on
-    # Scientific (tiny, 20 epochs), but a user's samples then share a batch and validation HR@10 fell 6-9% at
-    # equal epochs (benchmarks/results/sft_packing_cpu.md)
+    # Scientific (tiny, 20 epochs), but a user's samples then share a batch and validation HR@10 fell 7%
+    # (3 seeds) at equal epochs (benchmarks/results/sft_packing_cpu.md)
     packing: bool = False
     pack_tokens: int = 1024
     batch_tokens: int | None = None
