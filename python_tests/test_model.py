@@ -180,3 +180,15 @@ def test_level_softmax_loss_is_each_tokens_log_softmax_over_its_level(world, obj
         expected.append(-torch.log_softmax(logits[row, allowed], 0)[allowed.index(label)])
     assert model(batch).loss.item() == pytest.approx(torch.stack(expected).mean().item(), rel=1e-5)
     assert ModelConfig(**model.config.to_dict()).level_softmax  # the flag travels with the saved config
+
+
+def test_history_prompts_pad_ragged_and_empty_histories():
+    from genrec_ext.model.batch import history_prompts
+
+    item_tokens = np.array([[4, 10, 20], [5, 11, 21], [6, 12, 22]])
+    tokens, lengths, items = history_prompts([np.array([2, 0]), np.array([], dtype=np.int64), np.array([1])],
+                                             item_tokens, pad=0)
+    assert lengths.tolist() == [2, 0, 1] and items.tolist() == [[2, 0], [-1, -1], [1, -1]]
+    assert tokens.tolist() == [[[6, 12, 22], [4, 10, 20]], [[0, 0, 0], [0, 0, 0]], [[5, 11, 21], [0, 0, 0]]]
+    tokens, lengths, items = history_prompts([np.array([], dtype=np.int64)], item_tokens, pad=0)
+    assert tokens.shape == (1, 1, 3) and lengths.tolist() == [0] and items.tolist() == [[-1]]
