@@ -449,3 +449,22 @@ def test_lcrec_real_scientific(page_size):
     u0 = inter[first.user]
     assert cat.id_of(first.target).tolist() == [str(u0[-1])]
     assert cat.id_of(first.history).tolist() == [str(x) for x in u0[:-1][-20:]]
+
+
+def test_one_max_history_default_everywhere():
+    """Every entry point that caps histories defaults to data.DEFAULT_MAX_HISTORY (it used to be 20 in some, 50 in
+    others)."""
+    import inspect
+
+    from genrec_ext import baselines, data, experiments
+    from genrec_ext.cli import build_parser
+
+    default = data.DEFAULT_MAX_HISTORY
+    for fn in (data.load_lcrec, data.load_splits, data.build_page_samples, baselines.load_task,
+               experiments.synthetic_task, experiments.sequence_task):
+        assert inspect.signature(fn).parameters["max_history"].default == default, fn.__name__
+    parser = build_parser()
+    for argv in (["train", "sft", "--data", "d", "--sids", "s", "--out", "o"], ["eval", "--model", "m", "--data", "d",
+                 "--sids", "s"], ["baseline", "train", "sasrec", "--data", "d", "--out", "o"],
+                 ["recommend", "--model", "m", "--sids", "s", "--items", "i", "--user-history", "h"]):
+        assert parser.parse_args(argv).max_history == default, argv[0]

@@ -9,6 +9,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+#: the history cap wherever none is given: the paper's 50 items (Scientific's tuned recipe passes 20)
+DEFAULT_MAX_HISTORY = 50
+
+
 def from_mapping(cls: type[T], values: Mapping[str, Any]) -> T:
     """``cls(**values)`` for a dataclass ``cls``; an unknown key is a ``ValueError`` naming it and the known ones."""
     known = {f.name for f in fields(cls)}

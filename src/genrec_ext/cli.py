@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from genrec_ext._config import DEFAULT_MAX_HISTORY
+
 
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
@@ -382,7 +384,7 @@ def _reward_data(args: argparse.Namespace):
         raise SystemExit("--world only applies to --data synthetic")
     if not args.sids:
         raise SystemExit(f"--sids is required for --data {args.data} (a SID table directory: genrec sid build)")
-    catalog, splits = load_splits(args.data, max_history=args.max_history or 50, page_size=1,
+    catalog, splits = load_splits(args.data, max_history=args.max_history or DEFAULT_MAX_HISTORY, page_size=1,
                                   valid_days=args.valid_days, progress=not args.quiet)
     return catalog, splits, SIDTable.load(args.sids)
 
@@ -483,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tensorboard", action="store_true")
-    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.add_argument("--page-size", type=int, default=1, help="LC-Rec data: items per training page")
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
                    help="select the model on the validation split and stop early (default: on)")
@@ -520,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, help="queries per step (default 16)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    p.add_argument("--max-history", type=int, help="history cap (default 50; synthetic: the table1 setting)")
+    p.add_argument("--max-history", type=int, help=f"history cap (default {DEFAULT_MAX_HISTORY}; synthetic: the table1 setting)")
     p.add_argument("--valid-days", type=int, default=1, help="page logs: days before the test day for validation")
     p.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
                    help="validate and keep the best weights (default on)")
@@ -549,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unconstrained", action="store_true", help="also decode without the trie, to measure HaR")
     p.add_argument("--split", choices=["test", "valid", "train"], default="test")
     p.add_argument("--max-queries", type=int, help="evaluate the first N queries only")
-    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--reward", help="reward model directory (genrec reward train --out): adds R@K to the table")
@@ -581,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_cmd_baseline_eval)
         p.add_argument("--data", required=True, help="'synthetic', an LC-Rec directory or a page-log directory")
         p.add_argument("--sids", help="SID table directory (generative recommenders)")
-        p.add_argument("--max-history", type=int, default=20)
+        p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
         p.add_argument("--quiet", action="store_true")
 
     rw = sub.add_parser("reward", help="the SIM-style reward model of GRPO-SR").add_subparsers(
@@ -601,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives", choices=["auto", "exposures", "sampled"],
                    help="exposed-not-clicked items (page logs) or uniform samples (sequence data); default auto")
     p.add_argument("--num-negatives", type=int, help="sampled negatives per positive")
-    p.add_argument("--max-history", type=int, help="history cap (default: 50; synthetic: the table1 setting)")
+    p.add_argument("--max-history", type=int, help=f"history cap (default {DEFAULT_MAX_HISTORY}; synthetic: the table1 setting)")
     p.add_argument("--valid-days", type=int, default=1, help="page logs: days before the test day for validation")
     p.add_argument("--world", action="append", metavar="KEY=VALUE",
                    help="--data synthetic: a SyntheticConfig field (repeatable), e.g. num_items=200")
@@ -637,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user-history", required=True, help="JSON list of item ids, oldest first")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--beam", type=int, default=50)
-    p.add_argument("--max-history", type=int, default=50)
+    p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.set_defaults(func=_cmd_recommend)
     return parser
 

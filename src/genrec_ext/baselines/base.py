@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ..data import ItemCatalog, PageSamples, Splits
+from ..data import DEFAULT_MAX_HISTORY, ItemCatalog, PageSamples, Splits
 from ..eval import DEFAULT_KS, evaluate
 from ..sid import SIDTable
 
@@ -201,7 +201,7 @@ def evaluate_recommender(recommender: Recommender, task: Task, split: Split = "t
     return out
 
 
-def load_task(data: str | Path, *, sids: str | Path | None = None, max_history: int = 20, name: str | None = None,
+def load_task(data: str | Path, *, sids: str | Path | None = None, max_history: int = DEFAULT_MAX_HISTORY, name: str | None = None,
               valid_days: int = 1, progress: bool = False) -> Task:
     """A :class:`Task` from a dataset directory (LC-Rec JSON: leave-one-out; page logs: the last day is the test
     split and the ``valid_days`` before it the validation split that selects models) and an optional SID table

@@ -28,6 +28,7 @@ from .logs import (
     read_logs,
 )
 from .samples import (
+    DEFAULT_MAX_HISTORY,
     SKIP_REASONS,
     BuildReport,
     PageSamples,
@@ -44,6 +45,7 @@ from .sources import load_splits
 from .synthetic import SyntheticConfig, SyntheticData, generate_synthetic
 
 __all__ = [
+    "DEFAULT_MAX_HISTORY",
     "ACTIONS", "CLICK", "EXPOSE", "ORDER", "REQUIRED_COLUMNS", "SKIP_REASONS",
     "BuildReport", "InteractionLog", "ItemCatalog", "PageSamples", "Ragged", "Sample", "SampleStats", "Skipped",
     "Splits", "SyntheticConfig", "SyntheticData", "UnknownItemError",

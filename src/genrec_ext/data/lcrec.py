@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .catalog import ItemCatalog, UnknownItemError, _examples
 from .logs import CLICK
-from .samples import NO_HISTORY, BuildReport, PageSamples, Ragged, Skipped, Splits, _check_max_history, _readonly
+from .samples import DEFAULT_MAX_HISTORY, NO_HISTORY, BuildReport, PageSamples, Ragged, Skipped, Splits, _check_max_history, _readonly
 
 TEXT_FIELDS: tuple[str, ...] = ("title", "description", "brand", "categories")
 
@@ -58,7 +58,7 @@ def load_lcrec(
     name: str | None = None,
     *,
     page_size: int = 1,
-    max_history: int | None = 20,
+    max_history: int | None = DEFAULT_MAX_HISTORY,
     unknown_items: Literal["raise", "skip"] = "raise",
     progress: bool = False,
 ) -> tuple[ItemCatalog, Splits]:
@@ -68,7 +68,7 @@ def load_lcrec(
         name: dataset prefix (e.g. ``"Scientific"``); found automatically when the directory has one.
         page_size: training target length (the next ``page_size`` items); validation/test targets are
             always the single held-out item.
-        max_history: history cap (20 as in LC-Rec; ``None`` = all earlier items).
+        max_history: history cap (``DEFAULT_MAX_HISTORY``; LC-Rec used 20; ``None`` = all earlier items).
         unknown_items: ``"raise"`` on sequence items absent from ``X.item.json``, or ``"skip"`` (drop them
             from the sequences, counted in ``stats.build``).
 

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from .._config import DEFAULT_MAX_HISTORY
 from .catalog import ItemCatalog, UnknownItemError, _examples
 from .logs import ACTIONS, CLICK, InteractionLog, action_codes
 
@@ -281,7 +282,7 @@ def build_page_samples(
     log: InteractionLog,
     catalog: ItemCatalog,
     *,
-    max_history: int | None = 50,
+    max_history: int | None = DEFAULT_MAX_HISTORY,
     target_actions: Iterable[str] = ACTIONS,
     drop_no_positive: bool = False,
     unknown_items: Literal["raise", "skip"] = "raise",

@@ -7,11 +7,11 @@ from pathlib import Path
 from .catalog import ITEMS_FILE, ItemCatalog
 from .lcrec import load_lcrec
 from .logs import read_logs
-from .samples import Splits, build_page_samples, time_split
+from .samples import DEFAULT_MAX_HISTORY, Splits, build_page_samples, time_split
 from .synthetic import LOGS_FILE
 
 
-def load_splits(path: str | Path, *, max_history: int = 50, page_size: int = 1, test_days: int = 1,
+def load_splits(path: str | Path, *, max_history: int = DEFAULT_MAX_HISTORY, page_size: int = 1, test_days: int = 1,
                 valid_days: int = 0, progress: bool = False) -> tuple[ItemCatalog, Splits]:
     """Read a dataset directory.
 

@@ -40,7 +40,8 @@ def _merge(base: dict, over: dict) -> dict:
 # ------------------------------------------------------------------------------------------- the task
 
 
-def synthetic_task(world: dict[str, Any] | data.SyntheticConfig | None = None, *, max_history: int = 50,
+def synthetic_task(world: dict[str, Any] | data.SyntheticConfig | None = None, *,
+                   max_history: int = data.DEFAULT_MAX_HISTORY,
                    sid: dict[str, Any] | None = None, sid_dir: str | Path | None = None,
                    progress: bool = False) -> B.Task:
     """The synthetic world as a task: page samples, last day = test, the day before = validation, SIDs from
@@ -55,7 +56,7 @@ def synthetic_task(world: dict[str, Any] | data.SyntheticConfig | None = None, *
     return B.Task(syn.catalog, splits, max_history, table=table, world=syn, name=SYNTHETIC)
 
 
-def sequence_task(path: str | Path, *, max_history: int = 20, sids: str | Path | None = None,
+def sequence_task(path: str | Path, *, max_history: int = data.DEFAULT_MAX_HISTORY, sids: str | Path | None = None,
                   sid: dict[str, Any] | None = None, sid_dir: str | Path | None = None,
                   progress: bool = False) -> B.Task:
     """An LC-Rec dataset as a task (leave-one-out). Without ``sids``, SIDs are built from the item text

@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .._config import check, from_mapping
+from ..data import DEFAULT_MAX_HISTORY
 from ..decoding import beam_search, level_logits
 from ..model import hf_progress_bars
 from ..model.batch import history_prompts
@@ -118,7 +119,7 @@ class RLConfig:
     batch_size: int = 16  # queries per step
     steps: int | None = None  # optimiser steps; None: `epochs` passes over the training queries
     epochs: float = 1.0
-    max_history: int | None = None  # history cap (None: the task's, else 50)
+    max_history: int | None = None  # history cap (None: the task's, else data.DEFAULT_MAX_HISTORY)
     device: str = "auto"
     seed: int = 0
     # bookkeeping
@@ -391,7 +392,7 @@ def _train_rl(model, reward, data, config: RLConfig, info: D.DistInfo, *, resume
     if list(reward.model.config.level_sizes) != level_sizes:
         raise ValueError(f"the reward model scores SID levels {list(reward.model.config.level_sizes)}, the policy "
                          f"generates {level_sizes}")
-    max_history = config.max_history or task_history or 50
+    max_history = config.max_history or task_history or DEFAULT_MAX_HISTORY
     queries = RLQueries(splits.train, catalog, table, max_history)
     if len(queries) < config.batch_size:
         raise ValueError(f"{len(queries)} training queries, fewer than one batch (batch_size={config.batch_size})")
