@@ -98,15 +98,41 @@ def test_eval_and_recommend_cli(demo_outputs, tmp_path, capsys):
     report = json.loads((tmp_path / "eval_test.json").read_text())
     assert set(report) == {"constrained", "unconstrained"} and report["constrained"]["HaR@10"] == 0
     assert 0 <= report["constrained"]["HR@10"] <= 1 and "NDCG@5" in report["unconstrained"]
+    # --ks picks the cut-offs; --max-queries draws queries at random with --seed (not the first ones in file order)
+    for seed in (0, 1):
+        assert main(["eval", *common, "--data", str(out / "data"), "--beam", "10", "--ks", "2,10", "--max-queries", "40",
+                     "--seed", str(seed), "--out", str(tmp_path / f"ks{seed}"), "--quiet"]) == 0
+    first, second = (json.loads((tmp_path / f"ks{s}" / "eval_test.json").read_text())["constrained"] for s in (0, 1))
+    assert {"HR@2", "NDCG@2", "HR@10"} <= set(first) and "HR@5" not in first
+    assert 0 < first["queries"] <= 40 and first != second  # another draw, other queries (pages without a click skipped)
+    with pytest.raises(SystemExit, match="--ks 5,20: cut-offs must be between 1 and --beam 10"):
+        main(["eval", *common, "--data", str(out / "data"), "--beam", "10", "--ks", "5,20", "--quiet"])
     history = tmp_path / "history.json"
     history.write_text(json.dumps([1000143, 1000591, 1000754]))
     capsys.readouterr()
     assert main(["recommend", *common, "--items", str(out / "data"), "--user-history", str(history), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[0].strip().startswith("1. 10")  # raw synthetic item ids are 1_000_000 + k
+    # a user's mistake is one line, not a traceback: an unknown item id, a bad file, a missing flag
     history.write_text(json.dumps([42]))
-    with pytest.raises(KeyError, match="not in the catalogue"):
+    with pytest.raises(SystemExit, match=r"genrec recommend: 1 item id\(s\) are not in the catalogue .* e.g. \[42\]"):
         main(["recommend", *common, "--items", str(out / "data"), "--user-history", str(history)])
+    with pytest.raises(SystemExit, match="--users needs --out"):
+        main(["recommend", *common, "--items", str(out / "data"), "--users", str(history)])
+    with pytest.raises(SystemExit, match="give --user-history .* or --users"):
+        main(["recommend", *common, "--items", str(out / "data")])
+    # batch mode: JSONL in, JSONL out (ids, scores, no seen item with --exclude-seen), an empty history allowed
+    seen = [1000143, 1000591, 1000754]
+    users = tmp_path / "users.jsonl"
+    users.write_text("\n".join(json.dumps({"user": u, "history": h}) for u, h in (("a", seen), ("b", []), ("c", seen[:1]))))
+    assert main(["recommend", *common, "--items", str(out / "data"), "--users", str(users), "--out",
+                 str(tmp_path / "recs.jsonl"), "--top-k", "5", "--exclude-seen", "--device", "cpu", "--quiet"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "recs.jsonl").read_text().splitlines()]
+    assert [r["user"] for r in recs] == ["a", "b", "c"] and all(len(r["items"]) == 5 for r in recs)
+    assert not set(recs[0]["items"]) & set(seen) and recs[0]["scores"] == sorted(recs[0]["scores"], reverse=True)
+    users.write_text('{"user": 1}\n')
+    with pytest.raises(SystemExit, match='line 1: expected an object with a "history" list'):
+        main(["recommend", *common, "--items", str(out / "data"), "--users", str(users), "--out", str(tmp_path / "x")])
 
 
 def test_train_sft_cli_trains_saves_and_checks_the_vocabulary(demo_outputs, tmp_path, capsys):

@@ -215,3 +215,25 @@ def test_real_scientific_items_get_unique_sids(tmp_path):
     assert all(trie.lookup(table.sid(i)) == i for i in range(0, 4344, 97))
     table.save(tmp_path / "sci")
     assert SIDTable.load(tmp_path / "sci").item(table.sid(123)) == 123
+
+
+def test_load_catalog_reads_every_kind_of_items_source(tmp_path):
+    """What `genrec recommend --items` and `genrec sid build --items` take: a page-log dataset directory, an
+    LC-Rec dataset directory (as `genrec eval --data` takes), its X.item.json, or a Parquet file."""
+    import json
+
+    from genrec_ext import data
+    from genrec_ext.sid.build import load_catalog
+
+    lcrec = tmp_path / "lcrec"
+    lcrec.mkdir()
+    (lcrec / "Toy.inter.json").write_text(json.dumps({"u1": ["a", "b"]}))
+    (lcrec / "Toy.item.json").write_text(json.dumps({"a": {"title": "A"}, "b": {"title": "B"}}))
+    for source in (lcrec, lcrec / "Toy.item.json"):
+        catalog = load_catalog(source)
+        assert list(catalog.ids) == ["a", "b"] and list(catalog.text["title"]) == ["A", "B"]
+    syn = data.generate_synthetic(data.SyntheticConfig(num_items=30, num_users=5, seed=0))
+    paths = syn.write_parquet(tmp_path / "pages")
+    assert len(load_catalog(tmp_path / "pages")) == 30 and len(load_catalog(paths["items"])) == 30
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_catalog(tmp_path / "nope")

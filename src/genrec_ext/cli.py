@@ -204,21 +204,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         else:
             if args.world:
                 raise SystemExit("--world only applies to --data synthetic")
-            catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=1,
+            catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=args.page_size,
                                           valid_days=args.valid_days, progress=not args.quiet)
         reward = _load_reward(args.reward, catalog, table).to(device) if args.reward else None
+        ks = tuple(k for k in (1, 5, 10, 50) if k <= args.beam) or (args.beam,)
+        if args.ks:
+            ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
+            if not ks or ks[0] < 1 or ks[-1] > args.beam:
+                raise ValueError(f"--ks {args.ks}: cut-offs must be between 1 and --beam {args.beam}")
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"genrec eval: {exc}") from None
     samples = getattr(splits, args.split)
     if len(samples) == 0:
         raise SystemExit(f"genrec eval: the {args.split} split of {args.data} is empty"
                          + (" (page logs: pass --valid-days >= 1 for a validation split)" if args.split == "valid" else ""))
-    if args.max_queries:
-        samples = samples.subset(slice(0, args.max_queries))
+    if args.max_queries and args.max_queries < len(samples):  # a seeded sample, not the first users in file order
+        import numpy as np
+
+        pick = np.random.default_rng(args.seed).choice(len(samples), args.max_queries, replace=False)
+        samples = samples.subset(np.sort(pick))
     popularity = item_popularity(splits.train)
     modes = ["constrained", "unconstrained"] if args.unconstrained else ["constrained"]
     results = {mode: evaluate_model(model, samples, catalog, table, beam_width=args.beam, constrained=mode == "constrained",
-                                    popularity=popularity, batch_size=args.batch_size, max_history=args.max_history,
+                                    ks=ks, popularity=popularity, batch_size=args.batch_size, max_history=args.max_history,
                                     progress=not args.quiet, reward=reward) for mode in modes}
     print(format_table(results))
     md, js = write_report(results, args.out, f"eval_{args.split}")
@@ -226,32 +234,94 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_histories(args: argparse.Namespace) -> list[tuple[object, list]]:
+    """(user, item ids oldest first) pairs: one from --user-history (a JSON list), or one per line of --users
+    (JSONL objects with "user" and "history")."""
+    import json
+
+    if args.users:
+        pairs = []
+        for n, line in enumerate(Path(args.users).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("history"), list):
+                raise ValueError(f"--users {args.users} line {n}: expected an object with a \"history\" list of item "
+                                 f"ids (and a \"user\"), got {line[:80]!r}")
+            pairs.append((record.get("user", n), record["history"]))
+        if not pairs:
+            raise ValueError(f"--users {args.users} holds no user")
+        return pairs
+    history = json.loads(Path(args.user_history).read_text())
+    if not isinstance(history, list):
+        raise ValueError(f"--user-history {args.user_history} must hold a JSON list of item ids, oldest first")
+    return [(None, history)]
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
+    import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
+    from genrec_ext.data import UnknownItemError
     from genrec_ext.decoding import beam_search
     from genrec_ext.model import GenRecModel
-    from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab
+    from genrec_ext.model.batch import history_prompts
+    from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab, catalog_index_of_sids, sid_codes_for
     from genrec_ext.sid.build import load_catalog
-    from genrec_ext.sid import catalog_index_of_sids, sid_codes_for
+    from genrec_ext.sid.vocab import PAD
+    from genrec_ext.train.distributed import resolve_device
 
-    table = SIDTable.load(args.sids)
-    model = GenRecModel.from_pretrained(args.model).eval()
-    catalog = load_catalog(args.items)
-    history_ids = json.loads(open(args.user_history).read())
-    if not isinstance(history_ids, list) or not history_ids:
-        raise SystemExit(f"--user-history {args.user_history} must hold a non-empty JSON list of item ids, oldest first")
-    index = catalog.index(history_ids)
-    tokens = SIDVocab(tuple(table.level_sizes)).tokens(sid_codes_for(catalog, table)[index[-args.max_history:]])[None]
-    result = beam_search(model, tokens, torch.tensor([tokens.shape[1]]), SIDTrie.from_table(table),
-                         beam_width=max(args.top_k, args.beam))
+    if (args.users is None) == (args.user_history is None):
+        raise SystemExit("genrec recommend: give --user-history (one user) or --users (a JSONL file, with --out)")
+    if args.users and not args.out:
+        raise SystemExit("genrec recommend: --users needs --out (the JSONL file of recommendations to write)")
+    try:
+        table = SIDTable.load(args.sids)
+        if not (Path(args.model) / "genrec.json").exists():
+            raise FileNotFoundError(f"--model {args.model} is not a GenRec model directory (a run's model/)")
+        model = GenRecModel.from_pretrained(args.model).eval().to(resolve_device(args.device or "auto"))
+        catalog = load_catalog(args.items)
+        pairs = _read_histories(args)
+        indices = [catalog.index(h) if h else np.zeros(0, dtype=np.int64) for _, h in pairs]
+    except UnknownItemError as exc:
+        raise SystemExit(f"genrec recommend: {exc}") from None
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"genrec recommend: {exc}") from None
+    device = next(model.parameters()).device
+    item_tokens = SIDVocab(tuple(table.level_sizes)).tokens(torch.from_numpy(sid_codes_for(catalog, table))).numpy()
+    trie = SIDTrie.from_table(table).to(device)
     to_catalog = catalog_index_of_sids(catalog, table)
     titles = catalog.text.get("title")
-    shown = [(to_catalog[i], score) for i, score in zip(result.items[0].tolist(), result.scores[0].tolist())
-             if i >= 0 and to_catalog[i] >= 0][: args.top_k]
-    for rank, (item, score) in enumerate(shown, 1):
+    results = []
+    batches = range(0, len(pairs), args.batch_size)
+    for start in tqdm(batches, desc="recommend", unit="batch", disable=args.quiet or len(batches) == 1):
+        chunk = indices[start:start + args.batch_size]
+        history, history_len, _ = history_prompts([h[-args.max_history:] for h in chunk], item_tokens, pad=PAD)
+        seen = max(len(h) for h in chunk) if args.exclude_seen else 0
+        result = beam_search(model, history.to(device), history_len.to(device), trie,
+                             beam_width=max(args.top_k + seen, args.beam))
+        for hist, found, scores in zip(chunk, result.items.cpu().numpy(), result.scores.cpu().numpy()):
+            skip = set(hist.tolist()) if args.exclude_seen else set()
+            ranked = [(int(to_catalog[i]), float(s)) for i, s in zip(found, scores)
+                      if i >= 0 and to_catalog[i] >= 0 and int(to_catalog[i]) not in skip][: args.top_k]
+            results.append(ranked)
+    if args.users:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w") as f:
+            for (user, _), ranked in zip(pairs, results):
+                f.write(json.dumps({"user": user, "items": [catalog.ids[i] for i, _ in ranked],
+                                    "scores": [s for _, s in ranked],
+                                    **({"titles": [titles[i] for i, _ in ranked]} if titles is not None else {})},
+                                   default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n")
+        tmp.replace(out)  # nothing half-written
+        print(f"{len(results):,} users -> {out}")
+        return 0
+    for rank, (item, score) in enumerate(results[0], 1):
         title = titles[item] if titles is not None else ""
         print(f"{rank:>3}. {catalog.ids[item]}  (log p = {score:.3f})  {title}")
     return 0
@@ -550,7 +620,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=50, help="beam width = recommendations per query")
     p.add_argument("--unconstrained", action="store_true", help="also decode without the trie, to measure HaR")
     p.add_argument("--split", choices=["test", "valid", "train"], default="test")
-    p.add_argument("--max-queries", type=int, help="evaluate the first N queries only")
+    p.add_argument("--max-queries", type=int, help="evaluate N queries drawn at random (with --seed) from the split")
+    p.add_argument("--seed", type=int, default=0, help="the --max-queries draw")
+    p.add_argument("--ks", help="comma-separated cut-offs K of HR@K, NDCG@K, HaR@K, R@K (default: 1,5,10,50 up to --beam)")
+    p.add_argument("--page-size", type=int, default=1, help="LC-Rec data: items per test page (the next K items)")
     p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -632,14 +705,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_experiment_table3)
 
-    p = sub.add_parser("recommend", help="top-K items for one user history")
-    p.add_argument("--model", required=True)
-    p.add_argument("--sids", required=True)
-    p.add_argument("--items", required=True, help="item catalogue (as for sid build), for ids and titles")
-    p.add_argument("--user-history", required=True, help="JSON list of item ids, oldest first")
+    p = sub.add_parser("recommend", help="top-K items for one user history, or for a JSONL file of users")
+    p.add_argument("--model", required=True, help="GenRec model directory (a run's model/)")
+    p.add_argument("--sids", required=True, help="SID table directory")
+    p.add_argument("--items", required=True, help="item catalogue, for ids and titles: a dataset directory (as eval "
+                   "--data takes), an X.item.json, or a .parquet/.csv with item_id")
+    p.add_argument("--user-history", help="JSON file: a list of item ids, oldest first (one user; printed)")
+    p.add_argument("--users", help="JSONL file: one {\"user\": ..., \"history\": [item ids]} per line (batch mode)")
+    p.add_argument("--out", help="with --users: JSONL of each user's ranked item ids, scores and titles")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--beam", type=int, default=50)
+    p.add_argument("--exclude-seen", action="store_true", help="never recommend an item of the user's history")
     p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
+    p.add_argument("--batch-size", type=int, default=64, help="users per beam search")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_recommend)
     return parser
 

@@ -14,12 +14,16 @@ from .table import SIDTable, build_sid_table
 
 
 def load_catalog(path: str | Path) -> ItemCatalog:
-    """An item catalogue from an LC-Rec ``X.item.json``, a directory holding ``items.parquet`` (as
-    `ItemCatalog.save` and the synthetic generator write), or a Parquet/CSV file with an ``item_id`` column."""
+    """An item catalogue from an LC-Rec ``X.item.json``, a dataset directory (``items.parquet`` as
+    `ItemCatalog.save` and the synthetic generator write, or LC-Rec JSON: the directory `genrec eval --data`
+    takes), or a Parquet/CSV file with an ``item_id`` column."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"item catalogue {path} does not exist")
     if path.is_dir():
+        lcrec = sorted(path.glob("*.item.json"))
+        if not (path / "items.parquet").exists() and lcrec:
+            return load_lcrec_catalog(lcrec[0])
         return ItemCatalog.load(path)
     if path.suffix == ".json":
         return load_lcrec_catalog(path)
