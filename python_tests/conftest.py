@@ -13,7 +13,8 @@ settings.register_profile("thorough", max_examples=400, deadline=None)
 settings.register_profile("quick", max_examples=5, deadline=None, derandomize=True)  # under compute-sanitizer
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_NO_CUDA = "needs a CUDA device"
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason=_NO_CUDA)
 
 
 def to_cuda(args: dict) -> dict:
@@ -25,5 +26,5 @@ def pytest_collection_modifyitems(config, items):
     """Every test skipped for want of a CUDA device is also marked ``cuda``: `.ci/gpu` selects the GPU tests with
     ``-m cuda``, so none is missed for a name without "cuda" in it."""
     for item in items:
-        if any(m.kwargs.get("reason") == "needs a CUDA device" for m in item.iter_markers("skipif")):
+        if any(m.kwargs.get("reason") == _NO_CUDA for m in item.iter_markers("skipif")):
             item.add_marker(pytest.mark.cuda)

@@ -2,8 +2,8 @@
 // has, capped by the environment variable GENREC_CPU_ISA (avx512 | avx2 | baseline), read once. The cap lets
 // one machine measure the code paths another kind runs (an AVX-512 machine timing the AVX2 path of the AMD
 // EPYC machines that lack AVX-512). Unlike target_clones, the AVX2 variant also enables FMA (every AVX2 CPU of
-// the last decade has it; GCC's "avx2" target does not imply it), and a kernel can size its register blocks
-// per ISA: 32 vector registers with AVX-512, 16 with AVX2, where one 16-float block takes two.
+// the last decade has it; GCC's "avx2" target does not imply it), and each variant works in its own vector
+// width (cpu/simd.h), never in blocks wider than its registers.
 #pragma once
 
 #include "cpu/simd.h"
@@ -13,7 +13,6 @@ namespace genrec::cpu {
 enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 Isa cpu_isa();
-const char* isa_name(Isa isa);
 
 }  // namespace genrec::cpu
 
@@ -29,8 +28,11 @@ const char* isa_name(Isa isa);
   ret name##_baseline params { return impl<::genrec::cpu::Simd<4>> args; }                                    \
   }                                                                                                           \
   ret name params {                                                                                           \
-    static const auto chosen = ::genrec::cpu::cpu_isa() == ::genrec::cpu::Isa::kAvx512 ? &name##_avx512       \
-                               : ::genrec::cpu::cpu_isa() == ::genrec::cpu::Isa::kAvx2  ? &name##_avx2         \
-                                                                                       : &name##_baseline;     \
+    static const auto chosen = [] {                                                                           \
+      const auto isa = ::genrec::cpu::cpu_isa();                                                              \
+      return isa == ::genrec::cpu::Isa::kAvx512 ? &name##_avx512                                              \
+             : isa == ::genrec::cpu::Isa::kAvx2 ? &name##_avx2                                                \
+                                                : &name##_baseline;                                           \
+    }();                                                                                                      \
     return chosen args;                                                                                       \
   }

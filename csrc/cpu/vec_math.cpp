@@ -28,10 +28,6 @@ Isa cpu_isa() {
   return isa;
 }
 
-const char* isa_name(Isa isa) {
-  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
-}
-
 namespace {
 
 template <class S>
@@ -73,16 +69,11 @@ GENREC_INLINE void silu_mul_block(const float* gate, const float* up, float* out
   }
 }
 
-template <class S>
-GENREC_INLINE float sum_exp_block(const float* x, int64_t n, float shift, float* out) {
-  return block_sum_exp<S>(x, n, shift, out);
-}
-
 }  // namespace
 
 GENREC_ISA_DISPATCH(float, row_max, (const float* x, int64_t n), (x, n), block_max)
 GENREC_ISA_DISPATCH(float, sum_exp_shifted, (const float* x, int64_t n, float shift, float* out), (x, n, shift, out),
-                    sum_exp_block)
+                    block_sum_exp)
 GENREC_ISA_DISPATCH(float, sum_squares, (const float* x, int64_t n), (x, n), sum_squares_block)
 GENREC_ISA_DISPATCH(void, silu_mul, (const float* gate, const float* up, float* out, int64_t n), (gate, up, out, n),
                     silu_mul_block)

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from ..data import ItemCatalog, PageSamples
 from ..decoding import beam_search
 from ..model import GenRecModel
-from ..model.batch import history_prompts
+from ..model.batch import history_prompts, padded_rows
 from ..sid import SIDTable, SIDTrie, SIDVocab, catalog_index_of_sids, sid_codes_for
 from ..sid.vocab import PAD
 from .metrics import DEFAULT_KS, evaluate
@@ -73,14 +73,12 @@ def item_rewards(reward, samples: PageSamples, items: np.ndarray, *, max_history
     device = reward.item_codes.device
     for start in range(0, len(items), batch_size):
         rows = range(start, min(start + batch_size, len(items)))
-        hists = [samples.history[i] if max_history is None else samples.history[i][-max_history:] for i in rows]
-        hist = torch.full((len(hists), max(1, max(len(h) for h in hists))), -1, dtype=torch.int64)
-        for b, h in enumerate(hists):
-            hist[b, :len(h)] = torch.tensor(h, dtype=torch.int64)
-        rec = torch.from_numpy(items[start:start + len(hists)]).to(device)
+        hist, _ = padded_rows([samples.history[i] if max_history is None else samples.history[i][-max_history:]
+                               for i in rows])
+        rec = torch.from_numpy(items[start:start + len(rows)]).to(device)
         codes = reward.item_codes[rec.clamp(min=0)].masked_fill((rec < 0)[..., None], -1)
-        r = reward.r_pref(hist.to(device), codes).double().cpu().numpy()
-        out[start:start + len(hists)] = np.where(items[start:start + len(hists)] >= 0, r, np.nan)
+        r = reward.r_pref(torch.from_numpy(hist).to(device), codes).double().cpu().numpy()
+        out[start:start + len(rows)] = np.where(items[start:start + len(rows)] >= 0, r, np.nan)
     return out
 
 

@@ -61,19 +61,24 @@ class PackedSFTBatch:
         return int(((self.block >= 0) & (self.offset > 0)).sum())
 
 
+def padded_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged int rows as one right-padded int64 matrix ``[B, max(1, longest)]`` (-1 padding) and the lengths."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    out = np.full((len(rows), max(1, int(lengths.max()) if len(lengths) else 1)), -1, dtype=np.int64)
+    if lengths.sum():
+        at = np.repeat(np.arange(len(rows)), lengths)
+        cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[at, cols] = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+    return out, lengths
+
+
 def history_prompts(histories: Sequence[np.ndarray], item_tokens: np.ndarray, pad: int = 0
                     ) -> tuple[Tensor, Tensor, Tensor]:
     """The model's prompt input for a batch of histories (catalogue item indices, oldest first, already capped):
     ``history`` tokens ``[B, N, L]`` (``pad`` beyond each length), ``history_len [B]`` and the item indices
     ``[B, N]`` (-1 beyond each length); ``item_tokens [I, L]`` holds every item's SID tokens. An empty history is
     a prompt of ``<bos> <sep>`` alone."""
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    width = max(1, int(lengths.max()) if len(lengths) else 1)
-    items = np.full((len(histories), width), -1, dtype=np.int64)
-    if lengths.sum():
-        rows = np.repeat(np.arange(len(histories)), lengths)
-        cols = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        items[rows, cols] = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories])
+    items, lengths = padded_rows(histories)
     tokens = np.asarray(item_tokens)[np.maximum(items, 0)]
     tokens[items < 0] = pad
     return torch.from_numpy(tokens), torch.from_numpy(lengths), torch.from_numpy(items)

@@ -75,7 +75,7 @@ from .._config import check, from_mapping
 from ..data import DEFAULT_MAX_HISTORY
 from ..decoding import beam_search, level_logits
 from ..model import hf_progress_bars
-from ..model.batch import history_prompts
+from ..model.batch import history_prompts, padded_rows
 from ..nn import GRPOSRLoss
 from ..ops import grpo_sr_loss
 from ..reward import group_advantages
@@ -207,9 +207,8 @@ class RLQueries:
         s = self.index[rows]
         history, history_len, history_items = history_prompts(
             [self.samples.history[i][-self.max_history:] for i in s], self.item_tokens, pad=PAD)
-        # the positives as the same padded layout (item indices, -1 padding)
-        _, _, positives = history_prompts([self.samples.positives[i] for i in s], self.item_tokens, pad=PAD)
-        return {"history_items": history_items, "positives": positives, "history": history,
+        positives, _ = padded_rows([self.samples.positives[i] for i in s])
+        return {"history_items": history_items, "positives": torch.from_numpy(positives), "history": history,
                 "history_len": history_len}
 
 
