@@ -180,9 +180,11 @@ def _cmd_train_plot(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from genrec_ext.data import load_splits
     from genrec_ext.eval import (
+        DEFAULT_KS,
         evaluate_model,
         format_table,
         item_popularity,
+        sample_queries,
         write_report,
     )
     from genrec_ext.model import GenRecModel
@@ -207,7 +209,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             catalog, splits = load_splits(args.data, max_history=args.max_history, page_size=args.page_size,
                                           valid_days=args.valid_days, progress=not args.quiet)
         reward = _load_reward(args.reward, catalog, table).to(device) if args.reward else None
-        ks = tuple(k for k in (1, 5, 10, 50) if k <= args.beam) or (args.beam,)
+        ks = DEFAULT_KS  # evaluate_model keeps those up to the beam width
         if args.ks:
             ks = tuple(sorted({int(k) for k in args.ks.split(",")}))
             if not ks or ks[0] < 1 or ks[-1] > args.beam:
@@ -218,11 +220,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if len(samples) == 0:
         raise SystemExit(f"genrec eval: the {args.split} split of {args.data} is empty"
                          + (" (page logs: pass --valid-days >= 1 for a validation split)" if args.split == "valid" else ""))
-    if args.max_queries and args.max_queries < len(samples):  # a seeded sample, not the first users in file order
-        import numpy as np
-
-        pick = np.random.default_rng(args.seed).choice(len(samples), args.max_queries, replace=False)
-        samples = samples.subset(np.sort(pick))
+    samples = sample_queries(samples, args.max_queries, args.seed)
     popularity = item_popularity(splits.train)
     modes = ["constrained", "unconstrained"] if args.unconstrained else ["constrained"]
     results = {mode: evaluate_model(model, samples, catalog, table, beam_width=args.beam, constrained=mode == "constrained",
@@ -262,14 +260,12 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
-    from genrec_ext.data import UnknownItemError
     from genrec_ext.decoding import beam_search
     from genrec_ext.model import GenRecModel
     from genrec_ext.model.batch import history_prompts
-    from genrec_ext.sid import SIDTable, SIDTrie, SIDVocab, catalog_index_of_sids, sid_codes_for
+    from genrec_ext.sid import SIDTable, SIDTrie, catalog_index_of_sids, sid_tokens_for
     from genrec_ext.sid.build import load_catalog
     from genrec_ext.sid.vocab import PAD
     from genrec_ext.train.distributed import resolve_device
@@ -286,12 +282,10 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         catalog = load_catalog(args.items)
         pairs = _read_histories(args)
         indices = [catalog.index(h) if h else np.zeros(0, dtype=np.int64) for _, h in pairs]
-    except UnknownItemError as exc:
-        raise SystemExit(f"genrec recommend: {exc}") from None
-    except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:  # UnknownItemError is a ValueError
         raise SystemExit(f"genrec recommend: {exc}") from None
     device = next(model.parameters()).device
-    item_tokens = SIDVocab(tuple(table.level_sizes)).tokens(torch.from_numpy(sid_codes_for(catalog, table))).numpy()
+    item_tokens = sid_tokens_for(catalog, table)
     trie = SIDTrie.from_table(table).to(device)
     to_catalog = catalog_index_of_sids(catalog, table)
     titles = catalog.text.get("title")

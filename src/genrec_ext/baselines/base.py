@@ -62,8 +62,7 @@ class Task:
     @cached_property
     def popularity(self) -> np.ndarray:
         """Positives per item in the training split (MostPop's score, the long-tail share's reference)."""
-        train = self.splits.train
-        return np.bincount(train.positives.to_csr()[1], minlength=train.num_items)
+        return self.splits.train.item_popularity()
 
     def training_pages(self, page_size: int | None) -> PageSamples:
         """The training split, with pages of the next ``page_size`` items on sequence data (``None``: as

@@ -196,6 +196,11 @@ class PageSamples:
     def __len__(self) -> int:
         return len(self.user)
 
+    def item_popularity(self) -> np.ndarray:
+        """Positives (clicks / orders) per item in these rows only (a split's ``Ragged`` shares its pool of
+        values with the other splits): MostPop's score, the long-tail reference, the popularity scorer's."""
+        return np.bincount(self.positives.to_csr()[1], minlength=self.num_items)
+
     def __getitem__(self, i: int) -> Sample:
         n = len(self)
         if not -n <= i < n:

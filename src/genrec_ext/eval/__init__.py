@@ -27,7 +27,8 @@ from .metrics import (
 )
 from .report import format_table, write_report
 
-_RUN = ("evaluate_model", "item_popularity", "item_rewards", "make_rl_validator", "make_validator", "recommend")
+_RUN = ("evaluate_model", "item_popularity", "item_rewards", "make_rl_validator", "make_validator", "recommend",
+        "sample_queries")
 
 
 def __getattr__(name: str):
@@ -40,6 +41,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "evaluate_model", "item_popularity", "item_rewards", "make_rl_validator", "make_validator", "recommend",
+    "sample_queries",
     "DEFAULT_KS", "EmptyGroundTruthError", "evaluate", "format_table", "ground_truth_csr", "hallucination_rate",
     "hit_rate", "long_tail_items", "long_tail_share", "ndcg", "relevance", "reward_at_k", "write_report",
 ]

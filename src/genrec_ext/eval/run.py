@@ -10,15 +10,23 @@ from ..data import ItemCatalog, PageSamples
 from ..decoding import beam_search
 from ..model import GenRecModel
 from ..model.batch import history_prompts, padded_rows
-from ..sid import SIDTable, SIDTrie, SIDVocab, catalog_index_of_sids, sid_codes_for
+from ..sid import SIDTable, SIDTrie, catalog_index_of_sids, sid_tokens_for
 from ..sid.vocab import PAD
 from .metrics import DEFAULT_KS, evaluate
 
 
+def sample_queries(samples: PageSamples, max_queries: int | None, seed: int = 0) -> PageSamples:
+    """A seeded random ``max_queries`` of ``samples`` in their original order (all of them when ``max_queries``
+    is None, 0 or at least their number): never the first users in file order."""
+    if not max_queries or len(samples) <= max_queries:
+        return samples
+    pick = np.random.default_rng(seed).choice(len(samples), max_queries, replace=False)
+    return samples.subset(np.sort(pick))
+
+
 def item_popularity(samples: PageSamples) -> np.ndarray:
-    """Positive interactions per item in ``samples`` (e.g. the training split), for the long-tail share. Only
-    the rows of ``samples``: a split's ``Ragged`` shares its pool of values with the other splits."""
-    return np.bincount(samples.positives.to_csr()[1], minlength=samples.num_items)
+    """Positive interactions per item in ``samples`` (e.g. the training split), for the long-tail share."""
+    return samples.item_popularity()
 
 
 @torch.no_grad()
@@ -29,7 +37,7 @@ def recommend(model: GenRecModel, samples: PageSamples, catalog: ItemCatalog, ta
     generated bool [Q, W] = the slot holds a generated SID rather than a dead beam)."""
     model.eval()
     device = next(model.parameters()).device
-    item_tokens = SIDVocab(tuple(table.level_sizes)).tokens(torch.from_numpy(sid_codes_for(catalog, table))).numpy()
+    item_tokens = sid_tokens_for(catalog, table)
     trie = SIDTrie.from_table(table).to(device)
     to_catalog = torch.from_numpy(catalog_index_of_sids(catalog, table))
     items, generated = [], []
@@ -88,9 +96,7 @@ def make_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTable, 
     """A ``validate(model) -> {"HR@10", "NDCG@10"}`` function for :func:`genrec_ext.train.train_sft`'s model
     selection: a constrained beam search over ``samples`` (a seeded sample of ``max_queries`` of them; ``None``
     or 0: all)."""
-    if max_queries and len(samples) > max_queries:
-        pick = np.random.default_rng(seed).choice(len(samples), max_queries, replace=False)
-        samples = samples.subset(np.sort(pick))
+    samples = sample_queries(samples, max_queries, seed)
 
     def validate(model: GenRecModel) -> dict[str, float]:
         items, generated = recommend(model, samples, catalog, table, beam_width=beam_width, batch_size=batch_size,
@@ -108,9 +114,7 @@ def make_rl_validator(samples: PageSamples, catalog: ItemCatalog, table: SIDTabl
     validation pages, a constrained beam search gives ``R@K`` (``reward``'s best ``r_pref`` among the top K),
     ``HR@K`` and ``NDCG@K`` for K in ``ks``; with ``unconstrained`` a free search gives ``HaR@K`` (share of
     hallucinated SIDs in the top K)."""
-    if max_queries and len(samples) > max_queries:
-        pick = np.random.default_rng(seed).choice(len(samples), max_queries, replace=False)
-        samples = samples.subset(np.sort(pick))
+    samples = sample_queries(samples, max_queries, seed)
     ks = tuple(k for k in ks if k <= beam_width) or (beam_width,)
 
     def validate(model: GenRecModel) -> dict[str, float]:

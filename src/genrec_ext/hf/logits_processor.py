@@ -49,7 +49,7 @@ class SIDLogitsProcessor(LogitsProcessor):
             raise ValueError(f"level_token_ids has {len(level_token_ids)} levels but the trie has {trie.levels}")
         if prompt_length < 0:
             raise ValueError(f"prompt_length must be >= 0, got {prompt_length}")
-        self.prompt_length, self.eos_token_id, self.inplace = int(prompt_length), eos_token_id, inplace
+        self.prompt_length, self.inplace = int(prompt_length), inplace
         self.levels = trie.levels
         self.token_ids: list[Tensor] = []
         for level, (ids, k) in enumerate(zip(level_token_ids, trie.level_sizes)):

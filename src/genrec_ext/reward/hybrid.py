@@ -71,11 +71,6 @@ class SIDLookup:
         if len(self.keys) > 1 and bool((self.keys[1:] == self.keys[:-1]).any()):
             raise ValueError("item_codes hold duplicate SIDs; a SID must name one item")
 
-    @classmethod
-    def from_table(cls, catalog: ItemCatalog, table: SIDTable) -> SIDLookup:
-        """Lookup into ``catalog``'s dense indices for the SIDs of ``table``."""
-        return cls(sid_codes_for(catalog, table), table.level_sizes)
-
     def to(self, device) -> SIDLookup:
         out = object.__new__(SIDLookup)
         out.level_sizes, out.radix, out.keys, out.items = (t.to(device) for t in

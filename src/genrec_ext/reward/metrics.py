@@ -68,4 +68,4 @@ def group_auc(scores, labels, groups) -> float:
 
 def popularity_scores(train: PageSamples) -> np.ndarray:
     """The popularity-only scorer: each item's number of positives (clicks/orders) in the training split."""
-    return np.bincount(train.positives.to_csr()[1], minlength=train.num_items).astype(np.float64)
+    return train.item_popularity().astype(np.float64)

@@ -261,9 +261,3 @@ class SIMRewardModel(nn.Module):
         model = cls(RewardModelConfig.from_dict(meta["config"]))
         model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(map_location)))
         return model.eval()
-
-
-def load_meta(directory: str | Path) -> dict[str, Any]:
-    """The ``reward_model.json`` of a saved reward model (config and what training stored beside it)."""
-    return json.loads((Path(directory) / META_FILE).read_text())
-

@@ -19,7 +19,6 @@ after every epoch; ``resume=True`` continues from it), ``metrics.jsonl`` (one li
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -285,7 +284,7 @@ def _report(model: SIMRewardModel, splits: Splits, mode: str, config: RewardTrai
 def _save_checkpoint(path: Path, model: SIMRewardModel, optimizer: torch.optim.Optimizer, config: RewardTrainConfig,
                      state: dict[str, Any]) -> None:
     payload = {"format": CKPT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-               "config": config.to_dict(), "state": copy.deepcopy(state), "rng": _rng_state()}
+               "config": config.to_dict(), "state": state, "rng": _rng_state()}  # saved at once: no copy
     with atomic_file(path, "wb") as f:
         torch.save(payload, f)
 

@@ -234,6 +234,14 @@ def sid_codes_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
     return table.codes[rows]
 
 
+def sid_tokens_for(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
+    """Every catalogue item's SID as the model's token ids ``[I, L]`` (the table's SID vocabulary), in catalogue
+    order: what prompts are built from."""
+    from .vocab import SIDVocab
+
+    return SIDVocab(tuple(table.level_sizes)).tokens(sid_codes_for(catalog, table)).numpy()
+
+
 def catalog_index_of_sids(catalog: ItemCatalog, table: SIDTable) -> np.ndarray:
     """The inverse direction, for decoding: the catalogue index of every SID-table row (-1 where the
     catalogue lacks that item), so decoded SIDs map to the catalogue whatever the table's row order."""

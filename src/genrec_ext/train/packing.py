@@ -21,8 +21,7 @@ recipe tuned without packing keeps its meaning.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -169,6 +168,10 @@ class PackedBatchPlan:
     grad_accum: int
     global_batch_size: int  # the examples per step the budget aims at (on average)
     total_steps: int
+    # per epoch, the examples of each of its steps (kept: small), and the newest epoch's micro-batches (one at a
+    # time: a sampler walks epochs in order), so that no step re-plans an epoch
+    _step_examples: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _batches: dict[int, list[np.ndarray]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def dataset_size(self) -> int:
@@ -202,13 +205,19 @@ class PackedBatchPlan:
             raise ValueError(f"{len(plan)} packed rows make fewer micro-batches than one step needs "
                              f"({micros} = world_size x grad_accum): lower batch_tokens or global_batch_size")
         total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
-        return cls(plan, batch_tokens, seed, world_size, grad_accum, global_batch_size, total)
+        out = cls(plan, batch_tokens, seed, world_size, grad_accum, global_batch_size, total)
+        out._step_examples.update(probe._step_examples)
+        out._batches.update(probe._batches)
+        return out
 
     def epoch_steps(self, epoch: int) -> int:
-        return len(self.micro_batches(epoch)) // self.micros_per_step
+        return len(self._examples_per_step(epoch))
 
     def micro_batches(self, epoch: int) -> list[np.ndarray]:
-        return _micro_batches(self.plan.lengths.tobytes(), self.batch_tokens, self.seed, epoch)
+        if epoch not in self._batches:
+            self._batches.clear()
+            self._batches[epoch] = _micro_batches(self.plan.lengths, self.batch_tokens, self.seed, epoch)
+        return self._batches[epoch]
 
     def locate(self, step: int) -> tuple[int, int]:
         """(epoch, step within it) of optimiser step ``step``."""
@@ -225,13 +234,17 @@ class PackedBatchPlan:
     def examples_through(self, step: int) -> int:
         """Examples seen in optimiser steps ``0 .. step - 1``."""
         epoch, pos = self.locate(step)
-        return sum(int(self._step_examples(e).sum()) for e in range(epoch)) + int(self._step_examples(epoch)[:pos].sum())
+        return (sum(int(self._examples_per_step(e).sum()) for e in range(epoch))
+                + int(self._examples_per_step(epoch)[:pos].sum()))
 
-    def _step_examples(self, epoch: int) -> np.ndarray:
-        members = np.diff(self.plan.offsets)
-        per_micro = np.array([members[b].sum() for b in self.micro_batches(epoch)], dtype=np.int64)
-        steps = len(per_micro) // self.micros_per_step
-        return per_micro[: steps * self.micros_per_step].reshape(steps, -1).sum(1)
+    def _examples_per_step(self, epoch: int) -> np.ndarray:
+        """Examples of each whole step of ``epoch`` (its length: the epoch's steps), planned once."""
+        if epoch not in self._step_examples:
+            members = np.diff(self.plan.offsets)
+            per_micro = np.array([members[b].sum() for b in self.micro_batches(epoch)], dtype=np.int64)
+            steps = len(per_micro) // self.micros_per_step
+            self._step_examples[epoch] = per_micro[: steps * self.micros_per_step].reshape(steps, -1).sum(1)
+        return self._step_examples[epoch]
 
     def step_micro_batches(self, step: int) -> list[np.ndarray]:
         epoch, pos = self.locate(step)
@@ -239,11 +252,9 @@ class PackedBatchPlan:
         return self.micro_batches(epoch)[pos * m:(pos + 1) * m]
 
 
-@lru_cache(maxsize=4)
-def _micro_batches(lengths_bytes: bytes, budget: int, seed: int, epoch: int) -> list[np.ndarray]:
+def _micro_batches(lengths: np.ndarray, budget: int, seed: int, epoch: int) -> list[np.ndarray]:
     """An epoch's micro-batches of row indices: a seeded shuffle, sorted by length within windows, cut greedily
     under ``budget`` padded positions, then the batches shuffled (numpy throughout)."""
-    lengths = np.frombuffer(lengths_bytes, dtype=np.int64)
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x9AC]))
     order = rng.permutation(len(lengths))
     rows_per_batch = max(1, budget // max(1, int(np.median(lengths))))

@@ -85,10 +85,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .batching import SFTBatch
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics
-from .sft import _seed_everything, epoch_order
+from .sft import CONFIG_FILE, MODEL_DIR, _seed_everything, epoch_order
 
-CONFIG_FILE = "config.json"
-MODEL_DIR = "model"
 PLOT_FILE = "rl.png"
 KIND = "rl"
 
@@ -195,8 +193,7 @@ class RLQueries:
             raise ValueError("no training query has both a history and a positive (clicked or ordered) item")
         self.samples, self.index, self.max_history = samples, keep, max_history
         self.codes = torch.from_numpy(sid_codes_for(catalog, table)).to(torch.int64)  # [I, L] catalogue order
-        self.vocab = SIDVocab(tuple(table.level_sizes))
-        self.item_tokens = self.vocab.tokens(self.codes).numpy()  # [I, L] every item's SID tokens
+        self.item_tokens = SIDVocab(tuple(table.level_sizes)).tokens(self.codes).numpy()  # [I, L] SID tokens
 
     def __len__(self) -> int:
         return len(self.index)
