@@ -114,14 +114,15 @@ def _align(task: B.Task, out: Path, seed: int, beam: int, progress: bool) -> tup
           f", selected epoch {report['selected_epoch']}; -> {out / 'reward'}")
     policy = GenRecModel.from_pretrained(out / "sft_page" / "model")
     config = RLConfig.from_dict({**spec.rl, **spec.rows["GRPO-SR"], "seed": seed, "overwrite": True})
-    result = train_rl(policy, HybridReward.load(out / "reward", task.catalog, task.table), task, config,
+    reward = HybridReward.load(out / "reward", task.catalog, task.table)
+    result = train_rl(policy, reward, task, config,
                       out_dir=out / "rl", progress=progress)
     first, last = result.history[0], result.history[-1]
     rollouts = "constrained" if config.constrained else "unconstrained"
     print(f"GRPO-SR (alpha {config.alpha}, gate on, {rollouts} rollouts, G={config.num_generations}): "
           f"{result.step} steps x {config.batch_size} pages ({result.elapsed:.0f} s); rollout reward "
           f"{first['reward']:.3f} -> {last['reward']:.3f}; curves -> {result.plot_path}")
-    return B.GenRec.from_model(policy, beam=beam), HybridReward.load(out / "reward", task.catalog, task.table)
+    return B.GenRec.from_model(policy, beam=beam), reward  # train_rl set the gate on its own copy
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -113,7 +113,7 @@ def run_table3(out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), smoke: bo
                 return {**record, "metrics": test(B.GenRec.from_model(model, beam=spec.beam)),
                         "train_s": sft["train_s"]}
             rl = RLConfig.from_dict({**spec.rl, **overrides, "seed": seed, "overwrite": True})
-            result = train_rl(model, HybridReward.load(reward_dir, task.catalog, task.table), task, rl,
+            result = train_rl(model, judge, task, rl,
                               out_dir=run_dir / "train", progress=False)
             last = [r for r in result.history if "invalid_share" in r][-1]
             metrics = test(B.GenRec.from_model(model, beam=spec.beam))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from .._io import atomic_directory, read_meta
 from ..nn import TokenMerger
@@ -299,11 +300,6 @@ class GenRecModel(nn.Module):
 @contextlib.contextmanager
 def hf_progress_bars(enabled: bool):
     """Silence transformers' own bars (e.g. "Writing model shards") when ours are off."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
     was = hf_logging.is_progress_bar_enabled()
     if was and not enabled:
         hf_logging.disable_progress_bar()

@@ -425,10 +425,11 @@ def _train_rl(model, reward, data, config: RLConfig, info: D.DistInfo, *, resume
                 raise ValueError(f"cannot resume from {resume_path}: it was trained with {name}={saved[name]!r} but "
                                  f"this run has {name}={getattr(config, name)!r}")
 
+    reward = copy.copy(reward)  # the run's gate / anchor / tau, never the caller's (a judge of other runs, say)
     reward.gate, reward.anchor = config.gate, config.anchor
     if config.tau is not None:
         reward.tau = float(config.tau)
-    reward.to(device)
+    reward = reward.to(device)
     _seed_everything(config.seed)
     model.to(device).eval()  # no dropout: rollouts and updates see the same policy
     ref_model = None
