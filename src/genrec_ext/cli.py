@@ -111,14 +111,15 @@ RECIPE = {"epochs": 20, "global_batch_size": 256, "lr": 3e-3, "patience": 3}
 
 
 
-def _load_reward(directory: str, catalog, table, **flags):
-    """The hybrid reward of a `genrec reward train` run directory (its model/ or the run itself)."""
+def _load_reward(directory: str, catalog, table):
+    """The hybrid reward of a `genrec reward train` run directory (its model/ or the run itself); a wrong
+    directory is named with the flag that gave it."""
     from genrec_ext.reward import HybridReward
 
-    path = Path(directory)
-    if not (path / "reward_model.json").exists() and not (path / "model" / "reward_model.json").exists():
-        raise FileNotFoundError(f"--reward {directory} is not a reward model directory (genrec reward train --out)")
-    return HybridReward.load(path, catalog, table, **flags)
+    try:
+        return HybridReward.load(directory, catalog, table)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"--reward {exc} (genrec reward train --out)") from None
 
 
 def _cmd_train_rl(args: argparse.Namespace) -> int:

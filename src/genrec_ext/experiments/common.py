@@ -3,7 +3,10 @@ sections with their CI-sized ``smoke`` overrides, and mean ± std summaries over
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +15,28 @@ import yaml
 
 from .. import baselines as B
 from .. import data
+from .._io import atomic_file, json_ready
 from ..sid import RQKMeansConfig, SIDTable, build_sid_table, train_rq_kmeans
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "experiments"
 RESULT_FILE = "result.json"
 SYNTHETIC = "synthetic"
+
+
+def slug(label: str) -> str:
+    """A row label as a directory name: ``"GRPO w/o gate"`` -> ``"grpo-w-o-gate"``."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def cached_result(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A run's result file if it exists, else ``compute()`` written atomically: its presence means done, so a
+    re-run experiment resumes where it stopped and never redoes a finished run."""
+    if path.exists():
+        return json.loads(path.read_text())
+    result = json_ready(compute())
+    with atomic_file(path) as f:
+        json.dump(result, f, indent=2)
+    return result
 
 
 def load_section(path: str | Path, section: str, smoke: bool = False) -> dict[str, Any]:

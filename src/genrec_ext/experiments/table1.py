@@ -12,7 +12,6 @@ paper's Fig. 2a).
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .. import baselines as B
 from .._io import atomic_file, json_ready
-from .common import CONFIG_DIR, RESULT_FILE, SYNTHETIC, format_summary, load_section, sequence_task, synthetic_task
+from .common import (CONFIG_DIR, RESULT_FILE, SYNTHETIC, cached_result, format_summary, load_section, sequence_task,
+                     slug, synthetic_task)
 from .common import summarise as summarise_runs
 
 CONFIG_FILE = CONFIG_DIR / "table1.yaml"
@@ -40,7 +40,7 @@ class Row:
 
     @property
     def slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.label.lower()).strip("-")
+        return slug(self.label)
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Table1Spec:
 
 
 def run_one(row: Row, seed: int, task: B.Task, run_dir: Path, ks: tuple[int, ...], progress: bool) -> dict:
-    """Fit, select on validation, test once; the result is written atomically (its presence = done)."""
+    """Fit, select on validation, test once; the run's result (:func:`.common.cached_result` stores it)."""
     settings = dict(row.settings)
     if row.seeded:
         settings["seed"] = seed
@@ -76,8 +76,6 @@ def run_one(row: Row, seed: int, task: B.Task, run_dir: Path, ks: tuple[int, ...
     result = {"row": row.label, "recommender": row.recommender, "seed": seed if row.seeded else None,
               "settings": settings, "metrics": metrics, "train_s": report.seconds,
               "selected": {k: v for k, v in report.selected.items() if k != "history"}}
-    with atomic_file(run_dir / RESULT_FILE) as f:
-        json.dump(json_ready(result), f, indent=2)
     return result
 
 
@@ -108,13 +106,11 @@ def run_table1(dataset: str | Path, out: str | Path, *, seeds: tuple[int, ...] =
     for row, seed in bar:
         run_dir = out / "runs" / row.slug / f"seed{seed}"
         bar.set_postfix_str(f"{row.label} seed {seed}")
-        done = run_dir / RESULT_FILE
-        if done.exists():
-            results[row.label].append(json.loads(done.read_text()))
-            continue
-        started = time.perf_counter()
-        results[row.label].append(run_one(row, seed, task, run_dir, spec.ks, progress=False))
-        tqdm.write(f"{row.label} seed {seed}: {time.perf_counter() - started:.0f} s, test "
+        fresh, started = not (run_dir / RESULT_FILE).exists(), time.perf_counter()
+        results[row.label].append(cached_result(run_dir / RESULT_FILE,
+                                                lambda: run_one(row, seed, task, run_dir, spec.ks, progress=False)))
+        if fresh:
+            tqdm.write(f"{row.label} seed {seed}: {time.perf_counter() - started:.0f} s, test "
                    + ", ".join(f"{k} {results[row.label][-1]['metrics'][k]:.4f}" for k in ("HR@10", "NDCG@10")))
     summary = summarise(results, spec, task)
     write_summary(summary, out, spec)

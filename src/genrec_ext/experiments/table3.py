@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from .. import baselines as B
 from .._io import atomic_file, json_ready
-from .common import CONFIG_DIR, RESULT_FILE, SYNTHETIC, format_summary, load_section, summarise, synthetic_task
+from .common import (CONFIG_DIR, RESULT_FILE, SYNTHETIC, cached_result, format_summary, load_section, slug, summarise,
+                     synthetic_task)
 from .table1 import Row, Table1Spec, run_one
 
 CONFIG_FILE = CONFIG_DIR / "table3.yaml"
@@ -91,19 +92,21 @@ def run_table3(out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), smoke: bo
         return B.evaluate_recommender(rec, task, "test", ks=spec.ks, reward=judge, progress=False)
 
     results: dict[str, list[dict]] = {label: [] for label in spec.rows}
-    results[MOSTPOP] = [_cached(out / "runs" / "table3" / "mostpop" / RESULT_FILE, lambda: {
+    results[MOSTPOP] = [cached_result(out / "runs" / "table3" / "mostpop" / RESULT_FILE, lambda: {
         "row": MOSTPOP, "seed": None, "metrics": test(_fitted(B.make("mostpop"), task))})]
     jobs = [(label, seed) for seed in seeds for label in spec.rows]
+    sft_runs: dict[int, dict[str, Any]] = {}  # Table 1's GenRec run of each seed, read (or run) once
     bar = tqdm(jobs, desc="table3 runs", unit="run", disable=not progress)
     for label, seed in bar:
         bar.set_postfix_str(f"{label} seed {seed}")
         sft_dir = out / "runs" / spec.sft_row.slug / f"seed{seed}"
-        if not (sft_dir / RESULT_FILE).exists():  # Table 1's GenRec run of this seed
-            run_one(spec.sft_row, seed, task, sft_dir, start.ks, progress=False)
-        sft = json.loads((sft_dir / RESULT_FILE).read_text())
+        if seed not in sft_runs:
+            sft_runs[seed] = cached_result(sft_dir / RESULT_FILE, lambda: run_one(spec.sft_row, seed, task, sft_dir,
+                                                                                  start.ks, progress=False))
+        sft = sft_runs[seed]
         sft_model = sft_dir / "train" / "model"
         overrides = spec.rows[label]
-        run_dir = out / "runs" / "table3" / Row(label, "").slug / f"seed{seed}"
+        run_dir = out / "runs" / "table3" / slug(label) / f"seed{seed}"
         started = time.perf_counter()
 
         def run() -> dict[str, Any]:
@@ -121,7 +124,7 @@ def run_table3(out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), smoke: bo
                     "train_s": result.elapsed}
 
         done = (run_dir / RESULT_FILE).exists()
-        results[label].append(_cached(run_dir / RESULT_FILE, run))
+        results[label].append(cached_result(run_dir / RESULT_FILE, run))
         if not done:
             m = results[label][-1]["metrics"]
             tqdm.write(f"{label} seed {seed}: {time.perf_counter() - started:.0f} s, test "
@@ -132,7 +135,7 @@ def run_table3(out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), smoke: bo
                "rows": {}}
     summary["rows"] = summarise(results, summary["columns"])
     summary["checks"] = paper_checks(summary["rows"])
-    write_summary(summary, out, {label: out / "runs" / "table3" / Row(label, "").slug / f"seed{seeds[0]}" / "train"
+    write_summary(summary, out, {label: out / "runs" / "table3" / slug(label) / f"seed{seeds[0]}" / "train"
                                  for label, o in spec.rows.items() if o is not None})
     return summary
 
@@ -140,16 +143,6 @@ def run_table3(out: str | Path, *, seeds: tuple[int, ...] = (0, 1, 2), smoke: bo
 def _fitted(rec: B.Recommender, task: B.Task) -> B.Recommender:
     rec.fit(task, progress=False)
     return rec
-
-
-def _cached(path: Path, compute) -> dict[str, Any]:
-    """The run's result file if it exists, else ``compute()`` written atomically (its presence = done)."""
-    if path.exists():
-        return json.loads(path.read_text())
-    result = json_ready(compute())
-    with atomic_file(path) as f:
-        json.dump(result, f, indent=2)
-    return result
 
 
 def paper_checks(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
