@@ -27,9 +27,12 @@ def _dataset(task, objective, cap):
 
 @pytest.mark.parametrize("objective", ["page", "point"])
 @pytest.mark.parametrize("cap", [None, 4])
-def test_plan_covers_every_example_once_with_its_own_history_as_a_prefix(task, objective, cap):
+@pytest.mark.parametrize("members", [None, 2])
+def test_plan_covers_every_example_once_with_its_own_history_as_a_prefix(task, objective, cap, members):
     ds = _dataset(task, objective, cap)
-    plan = plan_packs(ds, units_per_item=1, pack_tokens=96)
+    plan = plan_packs(ds, units_per_item=1, pack_tokens=96, pack_members=members)
+    if members is not None:  # the cap holds, and rows that could share more do fill up to it
+        assert np.diff(plan.offsets).max() == members
     assert np.array_equal(np.sort(plan.members), np.arange(len(ds)))
     users = ds.samples.user[ds.example_sample]
     for p in range(len(plan)):
@@ -43,8 +46,8 @@ def test_plan_covers_every_example_once_with_its_own_history_as_a_prefix(task, o
         assert plan.lengths[p] == 1 + len(base_history) + blocks
         assert plan.lengths[p] <= 96 or len(rows) == 1
     # sharing pays: fewer positions than laid out one per row; much fewer where a page's point-wise examples share
-    # one history (page targets are long, so their histories are a smaller part of a row)
-    assert plan.lengths.sum() < (1.0 if objective == "page" else 0.75) * plan.unpacked_lengths.sum()
+    # one history (page targets are long, so their histories are a smaller part of a row), unless a row holds two
+    assert plan.lengths.sum() < (0.75 if objective == "point" and members is None else 1.0) * plan.unpacked_lengths.sum()
 
 
 def _grads(model):
@@ -108,3 +111,5 @@ def test_token_budget_batches_are_length_aware_deterministic_and_cover_an_epoch(
     assert batches.locate(step) == (1, 1) and batches.total_steps >= 2 * batches.steps_per_epoch - 1
     with pytest.raises(ValueError, match="pack_tokens must be >= 2"):
         plan_packs(ds, pack_tokens=1)
+    with pytest.raises(ValueError, match="pack_members must be >= 1"):
+        plan_packs(ds, pack_members=0)

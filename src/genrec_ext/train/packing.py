@@ -62,11 +62,15 @@ def target_lengths(dataset: SFTDataset) -> np.ndarray:
     return pages[dataset.example_sample] * levels + 1  # + <eos>
 
 
-def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int = 1024) -> PackPlan:
+def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int = 1024,
+               pack_members: int | None = None) -> PackPlan:
     """Group ``dataset``'s examples into packed rows (module docstring). ``units_per_item``: prompt vectors per
-    history item (1 with the Token Merger, L without)."""
+    history item (1 with the Token Merger, L without); ``pack_members``: samples per row at most (None: no cap)."""
     if pack_tokens < 2:
         raise ValueError(f"pack_tokens must be >= 2, got {pack_tokens}")
+    if pack_members is not None and pack_members < 1:
+        raise ValueError(f"pack_members must be >= 1 (or None), got {pack_members}")
+    cap_members = pack_members or len(dataset) + 1
     samples, cap = dataset.samples, dataset.max_history
     sample = dataset.example_sample
     full_len = (samples.history.end - samples.history.start)[sample]
@@ -80,7 +84,7 @@ def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int
 
     members, offsets, base, prefix, lengths = [], [0], [], [], []
     row_hist = None  # (start, length) of the open row's history in the value pool
-    row_len = 0
+    row_len = row_members = 0
     for pos, i in enumerate(order):
         start, n = int(hist_start[i]), int(hist_len[i])
         opened = row_hist is not None and user[pos] == user[pos - 1]
@@ -89,9 +93,9 @@ def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int
             # sorted by length within the user: this history is at least as long as the row's
             opened = np.array_equal(values[start:start + b_len], values[b_start:b_start + b_len])
             grown = row_len + (n - b_len) * units_per_item + blocks[i]
-            opened = opened and grown <= pack_tokens
+            opened = opened and grown <= pack_tokens and row_members < cap_members
         if opened:
-            row_len = grown
+            row_len, row_members = grown, row_members + 1
             if n > row_hist[1]:
                 row_hist = (start, n)
                 base[-1] = i
@@ -99,7 +103,7 @@ def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int
             if row_hist is not None:
                 offsets.append(len(members))
                 lengths.append(row_len)
-            row_hist, row_len = (start, n), 1 + n * units_per_item + int(blocks[i])
+            row_hist, row_len, row_members = (start, n), 1 + n * units_per_item + int(blocks[i]), 1
             base.append(i)
         members.append(i)
         prefix.append(n)

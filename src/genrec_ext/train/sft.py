@@ -79,7 +79,7 @@ MODEL_DIR = "model"
 PLOT_FILE = "loss.png"
 
 #: fields that fix which examples each step sees; a resumed run must keep them.
-_DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "batch_tokens")
+_DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "batch_tokens")
 
 
 @dataclass
@@ -103,6 +103,7 @@ class SFTConfig:
     # (3 seeds) at equal epochs (benchmarks/results/sft_packing_cpu.md)
     packing: bool = False
     pack_tokens: int = 1024
+    pack_members: int | None = None
     batch_tokens: int | None = None
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
     epochs: float = 1.0
@@ -137,6 +138,8 @@ class SFTConfig:
             (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.pack_tokens >= 2, f"pack_tokens must be >= 2, got {self.pack_tokens}"),
+            (self.pack_members is None or self.pack_members >= 1,
+             f"pack_members must be >= 1 (or None), got {self.pack_members}"),
             (self.batch_tokens is None or self.batch_tokens >= 1, f"batch_tokens must be >= 1, got {self.batch_tokens}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
@@ -379,7 +382,8 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     packed = config.packing and isinstance(dataset, SFTDataset)  # other datasets (e.g. custom ones) stay unpacked
     if packed:
         units = 1 if getattr(model, "merger", None) is not None else dataset.vocab.levels  # prompt vectors per item
-        dataset = PackedSFTDataset(dataset, plan_packs(dataset, units_per_item=units, pack_tokens=config.pack_tokens))
+        dataset = PackedSFTDataset(dataset, plan_packs(dataset, units_per_item=units, pack_tokens=config.pack_tokens,
+                                                      pack_members=config.pack_members))
         plan = PackedBatchPlan.make(dataset.plan, global_batch_size=config.global_batch_size,
                                     grad_accum=config.grad_accum, world_size=info.world_size, seed=config.seed,
                                     max_steps=config.max_steps, epochs=config.epochs, batch_tokens=config.batch_tokens)
