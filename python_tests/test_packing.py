@@ -11,7 +11,8 @@ import torch
 from genrec_ext.experiments import synthetic_task
 from genrec_ext.model import build_model
 from genrec_ext.train import collate, make_sft_dataset
-from genrec_ext.train.packing import PackedBatchPlan, PackedSFTDataset, collate_packed, plan_packs
+from genrec_ext.train.packing import PackedSFTDataset, collate_packed, plan_packs
+from genrec_ext.train.sampling import PackedBatchPlan
 
 WORLD = {"num_items": 150, "num_users": 60, "seed": 0}
 

@@ -27,14 +27,8 @@ from genrec_ext.train import checkpoint as ckpt
 from genrec_ext.train import make_sft_dataset
 from genrec_ext.train.metrics import plot_loss_curves, read_metrics
 from genrec_ext.train.schedule import lr_multiplier, warmup_cosine_scheduler, warmup_steps
-from genrec_ext.train.sft import (
-    BatchPlan,
-    SFTConfig,
-    StepBatchSampler,
-    epoch_order,
-    global_batch_indices,
-    train_sft,
-)
+from genrec_ext.train.sampling import BatchPlan, StepBatchSampler, epoch_order, global_batch_indices
+from genrec_ext.train.sft import SFTConfig, train_sft
 
 from ._launch import ROOT, finish, worker_env
 from ._launch import torchrun as launch
@@ -191,14 +185,19 @@ def test_global_batches_are_a_pure_function_of_seed_and_step():
     assert single[6] != single[0] and single[6] == epoch_order(50, 3, 1)[:8].tolist()
 
 
+def _plan(dataset_size, *, global_batch_size, grad_accum=1, world_size=1, max_steps=None, epochs=1.0):
+    return BatchPlan.make(dataset_size, global_batch_size=global_batch_size, grad_accum=grad_accum,
+                          world_size=world_size, max_steps=max_steps, epochs=epochs)
+
+
 def test_batch_plan_rejects_bad_splits():
     with pytest.raises(ValueError, match=r"global_batch_size=10 must be divisible by world_size x grad_accum = 2 x 2"):
-        BatchPlan.make(100, SFTConfig(global_batch_size=10, grad_accum=2), world_size=2)
+        _plan(100, global_batch_size=10, grad_accum=2, world_size=2)
     with pytest.raises(ValueError, match=r"has 5 examples, fewer than one global batch"):
-        BatchPlan.make(5, SFTConfig(global_batch_size=8), world_size=1)
-    plan = BatchPlan.make(100, SFTConfig(global_batch_size=8, epochs=2.5), world_size=1)
+        _plan(5, global_batch_size=8)
+    plan = _plan(100, global_batch_size=8, epochs=2.5)
     assert (plan.steps_per_epoch, plan.total_steps) == (12, 30)
-    assert BatchPlan.make(100, SFTConfig(global_batch_size=8, max_steps=7), world_size=1).total_steps == 7
+    assert _plan(100, global_batch_size=8, max_steps=7).total_steps == 7
     with pytest.raises(ValueError, match=r"unknown SFTConfig keys \['lr_warmup'\]"):
         SFTConfig.from_dict({"lr_warmup": 0.1})
     assert SFTConfig.from_dict({"betas": [0.9, 0.99]}).betas == (0.9, 0.99)

@@ -27,21 +27,20 @@ from .logs import (
     read_log_table,
     read_logs,
 )
+from .ragged import Ragged
 from .samples import (
     DEFAULT_MAX_HISTORY,
     SKIP_REASONS,
     BuildReport,
     PageSamples,
-    Ragged,
     Sample,
     SampleStats,
     Skipped,
-    Splits,
     build_page_samples,
-    time_split,
     user_sequences,
 )
 from .sources import load_splits
+from .splits import Splits, time_split
 from .synthetic import SyntheticConfig, SyntheticData, generate_synthetic
 
 __all__ = [

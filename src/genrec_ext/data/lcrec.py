@@ -25,7 +25,9 @@ from tqdm.auto import tqdm
 
 from .catalog import ItemCatalog, UnknownItemError, _examples
 from .logs import CLICK
-from .samples import DEFAULT_MAX_HISTORY, NO_HISTORY, BuildReport, PageSamples, Ragged, Skipped, Splits, _check_max_history, _readonly
+from .ragged import Ragged, readonly
+from .samples import DEFAULT_MAX_HISTORY, NO_HISTORY, BuildReport, PageSamples, Skipped, _check_max_history
+from .splits import Splits
 
 TEXT_FIELDS: tuple[str, ...] = ("title", "description", "brand", "categories")
 
@@ -123,8 +125,8 @@ def load_lcrec(
 def _leave_one_out(items: np.ndarray, lengths: np.ndarray, user_ids: np.ndarray, num_items: int, page_size: int,
                    max_history: int | None, report: BuildReport) -> Splits:
     """Every sample is a pair of slices of the concatenated sequences ``items`` (no copies)."""
-    pool = _readonly(np.ascontiguousarray(items, dtype=np.int64))
-    actions = _readonly(np.full(len(pool), CLICK, dtype=np.int8))
+    pool = readonly(np.ascontiguousarray(items, dtype=np.int64))
+    actions = readonly(np.full(len(pool), CLICK, dtype=np.int8))
     seq_start = np.zeros(len(lengths), dtype=np.int64)
     np.cumsum(lengths[:-1], out=seq_start[1:])
     users = np.arange(len(lengths), dtype=np.int64)

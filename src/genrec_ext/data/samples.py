@@ -1,4 +1,4 @@
-"""Page-wise training samples, stored columnar, and the time-based split.
+"""Page-wise training samples, stored columnar (splits: :mod:`.splits`; the ragged storage: :mod:`.ragged`).
 
 One sample per page (request) of a user:
 
@@ -27,62 +27,11 @@ from tqdm.auto import tqdm
 from .._config import DEFAULT_MAX_HISTORY
 from .catalog import ItemCatalog, UnknownItemError, _examples
 from .logs import ACTIONS, CLICK, InteractionLog, action_codes
+from .ragged import Ragged, csr_offsets, gather_ranges, readonly
 
 #: Why a page produced no sample (the order is the precedence when several apply).
 SKIP_REASONS: tuple[str, ...] = ("no_history", "empty_target", "no_positive")
 NO_HISTORY, EMPTY_TARGET, NO_POSITIVE = 0, 1, 2
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    off = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=off[1:])
-    return off
-
-
-def _gather_ranges(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR offsets and the flat pool indices of the concatenated ranges ``[start[i], end[i])``."""
-    lengths = end - start
-    off = _offsets(lengths)
-    idx = np.repeat(start - off[:-1], lengths) + np.arange(off[-1], dtype=np.int64)
-    return off, idx
-
-
-@dataclass(frozen=True, eq=False)
-class Ragged:
-    """Variable-length rows as slices of one flat pool: row ``i`` is ``values[start[i]:end[i]]``."""
-
-    values: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-
-    @classmethod
-    def from_lengths(cls, values: np.ndarray, lengths: np.ndarray) -> Ragged:
-        off = _offsets(lengths)
-        return cls(values, off[:-1], off[1:])
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.values[self.start[i]:self.end[i]]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.end - self.start
-
-    def take(self, index: Any) -> Ragged:
-        """Rows ``index`` (ints or a bool mask), sharing the pool."""
-        return Ragged(self.values, self.start[index], self.end[index])
-
-    def to_csr(self, index: Any = slice(None)) -> tuple[np.ndarray, np.ndarray]:
-        """``(offsets int64 [n+1], flat values)`` for rows ``index``: a compact copy, e.g. for a batch."""
-        off, idx = _gather_ranges(self.start[index], self.end[index])
-        return off, self.values[idx]
 
 
 @dataclass(frozen=True, eq=False)
@@ -393,15 +342,15 @@ def _build(log: InteractionLog, catalog: ItemCatalog, max_history: int | None, t
     # Samples in (user, time) order.
     sample_pages = np.flatnonzero(ok)
     sample_pages = sample_pages[np.lexsort((sample_pages, page_ts[sample_pages], page_user[sample_pages]))]
-    t_off, p_off = _offsets(t_len), _offsets(pos_len)
+    t_off, p_off = csr_offsets(t_len), csr_offsets(pos_len)
     sp = sample_pages
     skipped_pages = np.flatnonzero(~ok)
     out = PageSamples(
         user=page_user[sp], request=page_req[sp], ts=page_ts[sp],
-        history=Ragged(_readonly(hist_pool), h_start[sp], h_end[sp]),
-        target=Ragged(_readonly(t_items), t_off[:-1][sp], t_off[1:][sp]),
-        target_actions=Ragged(_readonly(t_acts), t_off[:-1][sp], t_off[1:][sp]),
-        positives=Ragged(_readonly(pos_items), p_off[:-1][sp], p_off[1:][sp]),
+        history=Ragged(readonly(hist_pool), h_start[sp], h_end[sp]),
+        target=Ragged(readonly(t_items), t_off[:-1][sp], t_off[1:][sp]),
+        target_actions=Ragged(readonly(t_acts), t_off[:-1][sp], t_off[1:][sp]),
+        positives=Ragged(readonly(pos_items), p_off[:-1][sp], p_off[1:][sp]),
         user_ids=log.user_ids, request_ids=log.request_ids, num_items=len(catalog), max_history=max_history,
         skipped=Skipped(page_user[skipped_pages], page_req[skipped_pages], page_ts[skipped_pages],
                         reason[skipped_pages]),
@@ -409,67 +358,6 @@ def _build(log: InteractionLog, catalog: ItemCatalog, max_history: int | None, t
     )
     bar.update()
     return out
-
-
-@dataclass(frozen=True, eq=False)
-class Splits:
-    """Train / validation / test sample sets (sharing pools) and, for time splits, their boundaries."""
-
-    train: PageSamples
-    valid: PageSamples
-    test: PageSamples
-    valid_start: float | None = None
-    test_start: float | None = None
-
-    def __iter__(self) -> Iterator[PageSamples]:
-        return iter((self.train, self.valid, self.test))
-
-    def summary(self) -> str:
-        lines = []
-        for name, s in zip(("train", "valid", "test"), self):
-            st = s.stats
-            lines.append(f"{name:5s}: {st.samples} samples ({st.pages} pages; skipped {st.skipped_no_history} "
-                         f"no-history, {st.skipped_empty_target} empty-target, {st.skipped_no_positive} "
-                         f"no-positive)")
-        return "\n".join(lines)
-
-
-def time_split(samples: PageSamples, *, test_days: int = 1, valid_days: int = 0,
-               day_seconds: float = 86400.0) -> Splits:
-    """Split page samples by request time into calendar days (UTC days of ``ts``).
-
-    Test = requests on the last ``test_days`` days of the log, validation = the ``valid_days`` days
-    before them (default 0: the paper trains on everything before the last day), train = the rest. The
-    log's last day is that of its latest page, sample or skipped. Histories are untouched: a test sample's
-    history still holds train-period clicks (it always comes from every earlier request).
-
-    Args:
-        day_seconds: length of a day in units of ``ts`` (e.g. 86_400_000 for millisecond timestamps).
-    """
-    if test_days < 1:
-        raise ValueError(f"test_days must be >= 1, got {test_days}")
-    if valid_days < 0:
-        raise ValueError(f"valid_days must be >= 0, got {valid_days}")
-    all_ts = np.concatenate([samples.ts, samples.skipped.ts])
-    if len(all_ts) == 0:
-        raise ValueError("time_split: no pages to split")
-    if np.isnan(all_ts).any():
-        raise ValueError("time_split: samples have no timestamps (LC-Rec data uses the leave-one-out split)")
-    day = np.floor(samples.ts / day_seconds)
-    sk_day = np.floor(samples.skipped.ts / day_seconds)
-    first, last = float(np.floor(all_ts.min() / day_seconds)), float(np.floor(all_ts.max() / day_seconds))
-    span = int(last - first) + 1
-    if span <= test_days + valid_days:
-        raise ValueError(f"time_split: the log spans {span} day(s); test_days={test_days} + valid_days="
-                         f"{valid_days} would leave no training days")
-    test_from = last - test_days + 1
-    valid_from = test_from - valid_days
-
-    def part(lo: float, hi: float) -> PageSamples:
-        return samples.subset((day >= lo) & (day < hi), (sk_day >= lo) & (sk_day < hi))
-
-    return Splits(part(-np.inf, valid_from), part(valid_from, test_from), part(test_from, np.inf),
-                  valid_start=valid_from * day_seconds, test_start=test_from * day_seconds)
 
 
 def user_sequences(samples: PageSamples) -> tuple[np.ndarray, Ragged]:
@@ -492,13 +380,13 @@ def user_sequences(samples: PageSamples) -> tuple[np.ndarray, Ragged]:
     latest = order[last]
     h_end = samples.history.end[latest]
     p_start, p_end = samples.positives.start[latest], samples.positives.end[latest]
-    h_off, h_idx = _gather_ranges(h_start, h_end)
-    p_off, p_idx = _gather_ranges(p_start, p_end)
+    h_off, h_idx = gather_ranges(h_start, h_end)
+    p_off, p_idx = gather_ranges(p_start, p_end)
     lh, lp = np.diff(h_off), np.diff(p_off)
-    out_off = _offsets(lh + lp)
+    out_off = csr_offsets(lh + lp)
     values = np.empty(int(out_off[-1]), dtype=np.int64)
     row_h = np.repeat(np.arange(len(users)), lh)
     row_p = np.repeat(np.arange(len(users)), lp)
     values[out_off[:-1][row_h] + np.arange(len(h_idx)) - h_off[:-1][row_h]] = samples.history.values[h_idx]
     values[out_off[:-1][row_p] + lh[row_p] + np.arange(len(p_idx)) - p_off[:-1][row_p]] = samples.positives.values[p_idx]
-    return users, Ragged(_readonly(values), out_off[:-1], out_off[1:])
+    return users, Ragged(readonly(values), out_off[:-1], out_off[1:])

@@ -7,7 +7,8 @@ from pathlib import Path
 from .catalog import ITEMS_FILE, ItemCatalog
 from .lcrec import load_lcrec
 from .logs import read_logs
-from .samples import DEFAULT_MAX_HISTORY, Splits, build_page_samples, time_split
+from .samples import DEFAULT_MAX_HISTORY, build_page_samples
+from .splits import Splits, time_split
 from .synthetic import LOGS_FILE
 
 

@@ -85,7 +85,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .batching import SFTBatch
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics
-from .sft import CONFIG_FILE, MODEL_DIR, _seed_everything, epoch_order
+from .sampling import epoch_order
+from .sft import CONFIG_FILE, MODEL_DIR, _seed_everything
 
 PLOT_FILE = "rl.png"
 KIND = "rl"

@@ -43,28 +43,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._config import check, from_mapping
 from ..model import hf_progress_bars
 from . import checkpoint as ckpt
 from . import distributed as D
 from ..model.batch import PackedSFTBatch
 from .batching import SFTBatch, SFTDataset, collate
-from .packing import PackedBatchPlan, PackedSFTDataset, PackedStepSampler, collate_packed, plan_packs
+from .packing import PackedSFTDataset, collate_packed, plan_packs
+from .sampling import BatchPlan, PackedBatchPlan, PackedStepSampler, StepBatchSampler
+from .sft_config import DATA_ORDER_FIELDS, SFTConfig
 from .metrics import (
     METRICS_FILE,
     MetricsLogger,
@@ -77,92 +77,6 @@ from .schedule import WarmupCosine, warmup_cosine_scheduler
 CONFIG_FILE = "config.json"
 MODEL_DIR = "model"
 PLOT_FILE = "loss.png"
-
-#: fields that fix which examples each step sees; a resumed run must keep them.
-_DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "batch_tokens")
-
-
-@dataclass
-class SFTConfig:
-    """Everything about an SFT run except the model and the data (YAML presets map onto these fields)."""
-
-    out_dir: str = "runs/sft"
-    # optimiser
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0  # max global grad norm; None or 0 disables
-    # batch and length of training
-    global_batch_size: int = 64  # examples per optimiser step, summed over ranks and accumulation steps
-    grad_accum: int = 1  # micro-batches per optimiser step on each rank
-    # shared-prefix packing (train/packing.py): a user's samples share one copy of their history; a step then
-    # holds about global_batch_size examples (micro-batches under batch_tokens padded positions, default derived
-    # from global_batch_size); packed rows are cut at pack_tokens positions. Off by default: 2.7x faster on
-    # Scientific (tiny, 20 epochs), but a user's samples then share a batch and validation HR@10 fell 7%
-    # (3 seeds) at equal epochs (benchmarks/results/sft_packing_cpu.md)
-    packing: bool = False
-    pack_tokens: int = 1024
-    pack_members: int | None = None
-    batch_tokens: int | None = None
-    max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
-    epochs: float = 1.0
-    # schedule (paper §3.1: linear warm-up over the first 1% of steps, then cosine decay)
-    warmup_ratio: float = 0.01
-    min_lr_ratio: float = 0.0  # the cosine's floor, as a fraction of lr
-    # numerics and placement
-    bf16: bool | None = None  # autocast to bf16; None = on for CUDA devices that support it, off on CPU
-    device: str = "auto"  # "auto" | "cpu" | "cuda" (the local rank picks the GPU)
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # used when launched with more than one process
-    find_unused_parameters: bool = False  # DDP flag, for models with parameters a batch may not use
-    seed: int = 0
-    # bookkeeping
-    log_every: int = 10
-    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = only the final one
-    keep_checkpoints: int = 2  # newest N kept; 0 keeps all
-    num_workers: int = 0  # DataLoader worker processes per rank
-    tensorboard: bool = False  # also write TensorBoard scalars (if the package is installed)
-    plot: bool = True  # write loss.png at the end
-    overwrite: bool = False  # a fresh run (resume=False) may replace an out_dir that holds checkpoints
-    # model selection (used when train_sft gets a `validate` function)
-    eval_every: int = 0  # optimiser steps between validations; 0 = once per epoch
-    select_metric: str = "NDCG@10"  # higher is better
-    patience: int = 0  # validations without improvement before stopping early; 0 = never
-
-    def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # YAML gives a list
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be two numbers, got {self.betas}")
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
-            (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
-            (self.pack_tokens >= 2, f"pack_tokens must be >= 2, got {self.pack_tokens}"),
-            (self.pack_members is None or self.pack_members >= 1,
-             f"pack_members must be >= 1 (or None), got {self.pack_members}"),
-            (self.batch_tokens is None or self.batch_tokens >= 1, f"batch_tokens must be >= 1, got {self.batch_tokens}"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
-            (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
-            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}"),
-            (self.parallel in ("ddp", "fsdp"), f"parallel must be 'ddp' or 'fsdp', got {self.parallel!r}"),
-            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
-            (self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
-            (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
-        ]
-        check(checks)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SFTConfig:
-        """From a YAML/JSON mapping; an unknown key is an error naming it and the known ones."""
-        return from_mapping(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
 
 @dataclass
 class TrainResult:
@@ -180,82 +94,6 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the records this run logged (rank 0)
     best: dict[str, Any] | None = None  # with validation: {"step", "value", "metrics"} of the selected weights
     stopped_early: bool = False
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How a global batch is cut: ``global_batch_size = world_size * grad_accum * micro_batch_size``."""
-
-    dataset_size: int
-    global_batch_size: int
-    world_size: int
-    grad_accum: int
-    steps_per_epoch: int
-    total_steps: int
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.global_batch_size // (self.world_size * self.grad_accum)
-
-    def locate(self, step: int) -> tuple[int, int]:
-        """(epoch, step within it) of optimiser step ``step``."""
-        return divmod(step, self.steps_per_epoch)
-
-    def epoch_at(self, step: int) -> float:
-        return step / self.steps_per_epoch
-
-    def examples_through(self, step: int) -> int:
-        """Examples seen in optimiser steps ``0 .. step - 1``."""
-        return step * self.global_batch_size
-
-    @classmethod
-    def make(cls, dataset_size: int, config: SFTConfig, world_size: int) -> BatchPlan:
-        g, a = config.global_batch_size, config.grad_accum
-        if g % (world_size * a):
-            raise ValueError(f"global_batch_size={g} must be divisible by world_size x grad_accum = "
-                             f"{world_size} x {a} = {world_size * a}")
-        if dataset_size < g:
-            raise ValueError(f"the dataset has {dataset_size} examples, fewer than one global batch "
-                             f"(global_batch_size={g})")
-        per_epoch = dataset_size // g
-        total = config.max_steps if config.max_steps is not None else max(1, math.ceil(config.epochs * per_epoch))
-        return cls(dataset_size, g, world_size, a, per_epoch, total)
-
-
-def epoch_order(dataset_size: int, seed: int, epoch: int) -> np.ndarray:
-    """The example order of ``epoch``: a permutation seeded by ``(seed, epoch)`` only."""
-    return np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(dataset_size)
-
-
-def global_batch_indices(plan: BatchPlan, seed: int, step: int) -> np.ndarray:
-    """The dataset indices of optimiser step ``step`` (0-based), in order."""
-    epoch, pos = divmod(step, plan.steps_per_epoch)
-    g = plan.global_batch_size
-    return epoch_order(plan.dataset_size, seed, epoch)[pos * g:(pos + 1) * g]
-
-
-class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """This rank's micro-batches for steps ``start_step .. total_steps - 1``: rank r takes the r-th contiguous
-    slice of each global batch and cuts it into ``grad_accum`` micro-batches."""
-
-    def __init__(self, plan: BatchPlan, seed: int, rank: int, start_step: int = 0) -> None:
-        self.plan, self.seed, self.rank, self.start_step = plan, seed, rank, start_step
-
-    def __len__(self) -> int:
-        return max(0, self.plan.total_steps - self.start_step) * self.plan.grad_accum
-
-    def __iter__(self) -> Iterator[list[int]]:
-        plan, m = self.plan, self.plan.micro_batch_size
-        per_rank = plan.global_batch_size // plan.world_size
-        cached_epoch, order = -1, None
-        for step in range(self.start_step, plan.total_steps):
-            epoch, pos = divmod(step, plan.steps_per_epoch)
-            if epoch != cached_epoch:
-                cached_epoch, order = epoch, epoch_order(plan.dataset_size, self.seed, epoch)
-            start = pos * plan.global_batch_size + self.rank * per_rank
-            mine = order[start:start + per_rank]
-            for a in range(plan.grad_accum):
-                yield mine[a * m:(a + 1) * m].tolist()
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -388,7 +226,8 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                                     grad_accum=config.grad_accum, world_size=info.world_size, seed=config.seed,
                                     max_steps=config.max_steps, epochs=config.epochs, batch_tokens=config.batch_tokens)
     else:
-        plan = BatchPlan.make(len(dataset), config, info.world_size)
+        plan = BatchPlan.make(len(dataset), global_batch_size=config.global_batch_size, grad_accum=config.grad_accum,
+                              world_size=info.world_size, max_steps=config.max_steps, epochs=config.epochs)
     if validate is not None and config.parallel == "fsdp" and info.world_size > 1:
         raise ValueError("validation-based model selection needs the whole model on rank 0: use parallel='ddp' "
                          "(or no validate function) with FSDP")
@@ -419,7 +258,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
         state = ckpt.load_checkpoint(resume_path)
         ckpt.check_vocabulary(state, level_sizes, resume_path)
         saved_cfg = state.get("config", {})
-        for name in _DATA_ORDER_FIELDS:
+        for name in DATA_ORDER_FIELDS:
             if name in saved_cfg and saved_cfg[name] != getattr(config, name):
                 raise ValueError(f"cannot resume from {resume_path}: it was trained with {name}="
                                  f"{saved_cfg[name]!r} but this run has {name}={getattr(config, name)!r} "
