@@ -19,7 +19,6 @@ from genrec_ext.reward import (
     HybridReward,
     RewardModelConfig,
     RewardTrainConfig,
-    SIDLookup,
     SIMRewardModel,
     auc,
     build_examples,
@@ -194,10 +193,7 @@ def test_resume_continues_exactly(task, tmp_path):
 # ----------------------------------------------------------------------------------- the hybrid reward
 
 
-def test_sid_lookup_and_relevance_by_hand():
-    lookup = SIDLookup(np.array([[0, 1], [2, 0], [1, 1]]), [3, 2])
-    codes = torch.tensor([[[2, 0], [1, 1], [1, 0], [-1, 1], [3, 0], [0, 1]]])
-    assert lookup(codes).tolist() == [[1, 2, -1, -1, -1, 0]]
+def test_relevance_by_hand():
     emb = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [-1.0, 0.0]])
     cand = torch.tensor([[2, -1, 3, 0], [1, 2, 0, 3]])
     hist = torch.tensor([[0, 1], [-1, -1]])  # the second user has no history

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from genrec_ext.cli import main
 from genrec_ext.data import ItemCatalog, generate_synthetic, load_lcrec_catalog
-from genrec_ext.sid import RQCodebooks, RQKMeansConfig, SIDTable, SIDTrie, build_sid_table, train_rq_kmeans
+from genrec_ext.sid import RQCodebooks, RQKMeansConfig, SIDLookup, SIDTable, SIDTrie, build_sid_table, train_rq_kmeans
 from genrec_ext.sid.embed import check_finite, embed_texts, item_texts, load_npy_embeddings, load_text_encoder
 
 SCIENTIFIC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon18-scientific"
@@ -152,6 +152,24 @@ def test_trie_matches_the_set_of_sids(sids):
     assert mask0.shape == (1, 4) and {(int(c),) for c in torch.nonzero(mask0[0]).flatten()} == prefixes
     assert trie.dense_mask(1).sum() == len({s[:2] for s in sids})
     assert trie.num_nodes(2) == len({s[:2] for s in sids}) and len(trie.leaf_items) == len(sids)
+
+
+def test_sid_lookup_by_hand():
+    lookup = SIDLookup(np.array([[0, 1], [2, 0], [1, 1]]), [3, 2])
+    codes = torch.tensor([[[2, 0], [1, 1], [1, 0], [-1, 1], [3, 0], [0, 1]]])
+    assert lookup(codes).tolist() == [[1, 2, -1, -1, -1, 0]]  # -1 codes, out-of-range codes, unknown SIDs: -1
+    with pytest.raises(ValueError, match="duplicate SIDs"):
+        SIDLookup(np.array([[0, 1], [0, 1]]), [3, 2])
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2), st.integers(0, 4)), min_size=1, max_size=40, unique=True),
+       st.lists(st.tuples(st.integers(-1, 4), st.integers(-1, 3), st.integers(-1, 5)), min_size=1, max_size=30))
+def test_table_maps_sids_to_items_like_a_dict(sids, queries):
+    table = SIDTable(np.array(sids), list(range(len(sids))), [4, 3, 5])
+    index = {sid: i for i, sid in enumerate(sids)}
+    want = [index.get(q, -1) for q in queries]
+    assert table.items_of(torch.tensor(queries)).tolist() == want
+    assert [table.item(q) for q in queries] == [None if w < 0 else w for w in want]
 
 
 def test_trie_rejects_duplicates():

@@ -90,10 +90,7 @@ def beam_search(model: GenRecModel, history: Tensor, history_len: Tensor, trie: 
     if constrained:
         items = trie.items_of(nodes)
     else:
-        rows = codes.reshape(-1, codes.shape[2]).cpu().numpy()
-        found = (table.item(row) if (row >= 0).all() else None for row in rows)
-        items = torch.tensor([-1 if i is None else i for i in found], dtype=torch.int64).view(codes.shape[:2])
-        items = items.to(history.device)
+        items = table.items_of(codes)
     return BeamResult(codes, scores, items)
 
 

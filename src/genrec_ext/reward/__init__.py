@@ -10,7 +10,7 @@ reward (relevance gate, anchoring), group-relative advantages that GRPO-SR uses 
 """
 
 from .examples import Examples, RewardBatch, build_examples, make_batch
-from .hybrid import (DEFAULT_TAU, GroupAdvantages, HybridReward, RolloutRewards, SIDLookup, group_advantages,
+from .hybrid import (DEFAULT_TAU, GroupAdvantages, HybridReward, RolloutRewards, group_advantages,
                      hybrid_rewards, relevance, relevance_embeddings)
 from .metrics import auc, group_auc, popularity_scores
 from .model import RewardModelConfig, SIMRewardModel
@@ -18,7 +18,7 @@ from .train import RewardTrainConfig, RewardTrainResult, format_auc_table, score
 
 __all__ = [
     "DEFAULT_TAU", "Examples", "GroupAdvantages", "HybridReward", "RewardBatch", "RewardModelConfig",
-    "RewardTrainConfig", "RewardTrainResult", "RolloutRewards", "SIDLookup", "SIMRewardModel", "auc",
+    "RewardTrainConfig", "RewardTrainResult", "RolloutRewards", "SIMRewardModel", "auc",
     "build_examples", "format_auc_table", "group_advantages", "group_auc", "hybrid_rewards",
     "make_batch", "popularity_scores", "relevance", "relevance_embeddings", "score_examples",
     "train_reward_model",

@@ -41,55 +41,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import ItemCatalog
-from ..sid import SIDTable, sid_codes_for
+from ..sid import SIDLookup, SIDTable, sid_codes_for
 from .model import SIMRewardModel
 
 #: The gate's threshold: a small constant (paper §2.3). On the default synthetic world's validation day it passes
 #: 91% of clicked items, 80% of exposed-not-clicked ones, 75% of uniformly random items and no hallucinated SID
 #: (tau = 0.2: 82%, 61%, 50%; tau = 0: 96%, 93%, 90%).
 DEFAULT_TAU = 0.1
-
-
-# -------------------------------------------------------------------------------------- SID -> item
-
-
-class SIDLookup:
-    """SID tuples -> catalogue item index, ``-1`` for a tuple no item has (or a code that is out of range or
-    ``-1``); vectorised with a sorted mixed-radix key and ``searchsorted``, on any device."""
-
-    def __init__(self, item_codes: Tensor | np.ndarray, level_sizes: Sequence[int]) -> None:
-        codes = torch.as_tensor(np.asarray(item_codes), dtype=torch.int64)
-        if codes.dim() != 2 or codes.shape[1] != len(level_sizes):
-            raise ValueError(f"item_codes must be [items, {len(level_sizes)}], got {tuple(codes.shape)}")
-        self.level_sizes = torch.tensor([int(k) for k in level_sizes], dtype=torch.int64)
-        radix = torch.ones(len(level_sizes), dtype=torch.int64)
-        for level in range(len(level_sizes) - 2, -1, -1):
-            radix[level] = radix[level + 1] * self.level_sizes[level + 1]
-        self.radix = radix
-        keys = (codes * radix).sum(-1)
-        self.keys, self.items = torch.sort(keys)
-        if len(self.keys) > 1 and bool((self.keys[1:] == self.keys[:-1]).any()):
-            raise ValueError("item_codes hold duplicate SIDs; a SID must name one item")
-
-    def to(self, device) -> SIDLookup:
-        out = object.__new__(SIDLookup)
-        out.level_sizes, out.radix, out.keys, out.items = (t.to(device) for t in
-                                                            (self.level_sizes, self.radix, self.keys, self.items))
-        return out
-
-    def __call__(self, codes: Tensor) -> Tensor:
-        codes = torch.as_tensor(codes)
-        if codes.shape[-1] != len(self.level_sizes):
-            raise ValueError(f"SID codes must end in {len(self.level_sizes)} levels, got shape {tuple(codes.shape)}")
-        codes = codes.to(torch.int64)
-        ok = ((codes >= 0) & (codes < self.level_sizes.to(codes.device))).all(-1)
-        key = (codes.clamp(min=0) * self.radix.to(codes.device)).sum(-1)
-        keys, items = self.keys.to(codes.device), self.items.to(codes.device)
-        if len(keys) == 0:
-            return torch.full(key.shape, -1, dtype=torch.int64, device=codes.device)
-        pos = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
-        hit = ok & (keys[pos] == key)
-        return torch.where(hit, items[pos], torch.full_like(key, -1))
 
 
 # ------------------------------------------------------------------------------------------- relevance

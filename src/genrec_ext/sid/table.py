@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .._io import atomic_directory
 from ..data import ItemCatalog
+from .lookup import SIDLookup
 from .rqkmeans import RQCodebooks
 
 FORMAT = "genrec-sid/1"
@@ -79,16 +81,17 @@ class SIDTable:
     codebooks: RQCodebooks | None = None
     collision_level: bool = False
     stats: SIDStats | None = None
-    _index: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False)
+    _lookup: SIDLookup | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.codes = np.ascontiguousarray(self.codes, dtype=np.int64)
         if self.codes.ndim != 2 or len(self.codes) != len(self.item_ids):
             raise ValueError(f"SIDTable: codes must be [items, levels] with one row per item id, got "
                              f"{self.codes.shape} for {len(self.item_ids)} ids")
-        self._index = {tuple(row): i for i, row in enumerate(self.codes.tolist())}
-        if len(self._index) != len(self.codes):
-            raise ValueError("SIDTable: SIDs are not unique; resolve collisions first (build_sid_table does)")
+        try:
+            self._lookup = SIDLookup(self.codes, [int(k) for k in self.level_sizes])
+        except ValueError:
+            raise ValueError("SIDTable: SIDs are not unique; resolve collisions first (build_sid_table does)") from None
 
     @property
     def levels(self) -> int:
@@ -103,7 +106,13 @@ class SIDTable:
 
     def item(self, sid) -> int | None:
         """Dense item index of a SID, or None when no item has it (a hallucinated SID)."""
-        return self._index.get(tuple(int(c) for c in sid))
+        found = int(self._lookup(torch.as_tensor([int(c) for c in sid])))
+        return None if found < 0 else found
+
+    def items_of(self, codes: Tensor) -> Tensor:
+        """Dense item index of every SID in ``codes [..., L]`` (on their device), -1 where no item has it or a
+        code is -1 (a dead beam slot): vectorised, for decoded beams."""
+        return self._lookup(codes)
 
     def save(self, directory: str | Path) -> Path:
         """Write the table (see the module docstring for the format); replaces ``directory`` atomically."""
