@@ -257,68 +257,73 @@ def _read_histories(args: argparse.Namespace) -> list[tuple[object, list]]:
     return [(None, history)]
 
 
+def _load_recommender(args: argparse.Namespace, command: str):
+    import json
+
+    from genrec_ext.serve import Recommender
+
+    try:
+        return Recommender.load(args.model, args.sids, args.items, device=args.device, max_history=args.max_history,
+                                beam=args.beam)
+    except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"genrec {command}: {exc}") from None
+
+
 def _cmd_recommend(args: argparse.Namespace) -> int:
     import json
 
-    import numpy as np
     from tqdm.auto import tqdm
-
-    from genrec_ext.decoding import beam_search
-    from genrec_ext.model import GenRecModel
-    from genrec_ext.model.batch import history_prompts
-    from genrec_ext.sid import SIDTable, SIDTrie, catalog_index_of_sids, sid_tokens_for
-    from genrec_ext.sid.build import load_catalog
-    from genrec_ext.sid.vocab import PAD
-    from genrec_ext.train.distributed import resolve_device
 
     if (args.users is None) == (args.user_history is None):
         raise SystemExit("genrec recommend: give --user-history (one user) or --users (a JSONL file, with --out)")
     if args.users and not args.out:
         raise SystemExit("genrec recommend: --users needs --out (the JSONL file of recommendations to write)")
+    if args.top_k < 1:
+        raise SystemExit(f"genrec recommend: --top-k must be >= 1, got {args.top_k}")
+    recommender = _load_recommender(args, "recommend")
     try:
-        table = SIDTable.load(args.sids)
-        if not (Path(args.model) / "genrec.json").exists():
-            raise FileNotFoundError(f"--model {args.model} is not a GenRec model directory (a run's model/)")
-        model = GenRecModel.from_pretrained(args.model).eval().to(resolve_device(args.device or "auto"))
-        catalog = load_catalog(args.items)
         pairs = _read_histories(args)
-        indices = [catalog.index(h) if h else np.zeros(0, dtype=np.int64) for _, h in pairs]
+        indices = [recommender.indices(h) for _, h in pairs]
     except (FileNotFoundError, ValueError, json.JSONDecodeError) as exc:  # UnknownItemError is a ValueError
         raise SystemExit(f"genrec recommend: {exc}") from None
-    device = next(model.parameters()).device
-    item_tokens = sid_tokens_for(catalog, table)
-    trie = SIDTrie.from_table(table).to(device)
-    to_catalog = catalog_index_of_sids(catalog, table)
-    titles = catalog.text.get("title")
     results = []
     batches = range(0, len(pairs), args.batch_size)
     for start in tqdm(batches, desc="recommend", unit="batch", disable=args.quiet or len(batches) == 1):
-        chunk = indices[start:start + args.batch_size]
-        history, history_len, _ = history_prompts([h[-args.max_history:] for h in chunk], item_tokens, pad=PAD)
-        seen = max(len(h) for h in chunk) if args.exclude_seen else 0
-        result = beam_search(model, history.to(device), history_len.to(device), trie,
-                             beam_width=max(args.top_k + seen, args.beam))
-        for hist, found, scores in zip(chunk, result.items.cpu().numpy(), result.scores.cpu().numpy()):
-            skip = set(hist.tolist()) if args.exclude_seen else set()
-            ranked = [(int(to_catalog[i]), float(s)) for i, s in zip(found, scores)
-                      if i >= 0 and to_catalog[i] >= 0 and int(to_catalog[i]) not in skip][: args.top_k]
-            results.append(ranked)
+        results += recommender.recommend(indices[start:start + args.batch_size], args.top_k, args.exclude_seen)
     if args.users:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with open(tmp, "w") as f:
             for (user, _), ranked in zip(pairs, results):
-                f.write(json.dumps({"user": user, "items": [catalog.ids[i] for i, _ in ranked],
-                                    "scores": [s for _, s in ranked],
-                                    **({"titles": [titles[i] for i, _ in ranked]} if titles is not None else {})},
-                                   default=lambda v: v.item() if isinstance(v, np.generic) else str(v)) + "\n")
+                f.write(json.dumps({"user": user, **recommender.describe(ranked)}, default=str) + "\n")
         tmp.replace(out)  # nothing half-written
         print(f"{len(results):,} users -> {out}")
         return 0
-    for rank, (item, score) in enumerate(results[0], 1):
-        title = titles[item] if titles is not None else ""
-        print(f"{rank:>3}. {catalog.ids[item]}  (log p = {score:.3f})  {title}")
+    shown = recommender.describe(results[0])
+    for rank, (item, score) in enumerate(zip(shown["items"], shown["scores"]), 1):
+        title = shown["titles"][rank - 1] if "titles" in shown else ""
+        print(f"{rank:>3}. {item}  (log p = {score:.3f})  {title}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from genrec_ext.serve import serve
+
+    if args.max_batch < 1 or args.max_top_k < 1:
+        raise SystemExit(f"genrec serve: --max-batch and --max-top-k must be >= 1, got {args.max_batch} and "
+                         f"{args.max_top_k}")
+    recommender = _load_recommender(args, "serve")
+
+    def ready(server) -> None:
+        print(f"genrec serve: {recommender.num_items:,} items on {recommender.device}; listening on {server.url} "
+              "(POST /recommend, GET /health; Ctrl-C stops)", flush=True)
+
+    try:
+        serve(recommender, args.host, args.port, max_batch=args.max_batch, max_top_k=args.max_top_k,
+              model_name=str(args.model), ready=ready)
+    except OSError as exc:  # e.g. the port is taken
+        raise SystemExit(f"genrec serve: cannot listen on {args.host}:{args.port}: {exc}") from None
     return 0
 
 
@@ -716,6 +721,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_recommend)
+
+    p = sub.add_parser("serve", help="recommendations over HTTP: POST /recommend {\"history\": [item ids]}, GET /health")
+    p.add_argument("--model", required=True, help="GenRec model directory (a run's model/)")
+    p.add_argument("--sids", required=True, help="SID table directory")
+    p.add_argument("--items", required=True, help="item catalogue (as for recommend --items)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--beam", type=int, default=50, help="beam width at least (wider when top_k + seen items need it)")
+    p.add_argument("--max-top-k", type=int, default=100, help="the largest top_k a request may ask for")
+    p.add_argument("--max-batch", type=int, default=64, help="queued requests answered by one beam search at most")
+    p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -20,6 +20,9 @@ class SIDVocab:
 
     level_sizes: tuple[int, ...]
 
+    def __post_init__(self) -> None:  # a list (e.g. SIDTable.level_sizes) would never compare equal to a tuple
+        object.__setattr__(self, "level_sizes", tuple(int(k) for k in self.level_sizes))
+
     @cached_property  # read at every level of every beam search
     def offsets(self) -> tuple[int, ...]:
         starts = np.cumsum([len(SPECIALS), *self.level_sizes[:-1]])
