@@ -274,6 +274,8 @@ class RecommendServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RecommendServer
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
+    # headers and body leave in two writes; with Nagle on, the body waits for the client's delayed ACK (~40 ms)
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet: no line per request
         pass
