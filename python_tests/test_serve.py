@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -163,3 +167,27 @@ def test_cli_errors_are_one_line(tmp_path, recommender):
     history.write_text(json.dumps(_ids(recommender, 3)))
     assert main(["recommend", "--model", str(model_dir), *common, "--user-history", str(history), "--top-k", "2",
                  "--beam", "16"]) == 0
+
+
+def test_genrec_serve_process_answers_and_stops_on_sigterm(tmp_path, recommender):
+    recommender.model.save_pretrained(tmp_path / "model")
+    recommender.table.save(tmp_path / "sids")
+    recommender.catalog.save(tmp_path / "data")
+    proc = subprocess.Popen([sys.executable, "-m", "genrec_ext.cli", "serve", "--model", str(tmp_path / "model"),
+                             "--sids", str(tmp_path / "sids"), "--items", str(tmp_path / "data"), "--port", "0",
+                             "--beam", "16", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line + proc.stdout.read()
+        host, port = line.split("listening on http://")[1].split()[0].split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/recommend", body=json.dumps({"history": _ids(recommender, 2), "top_k": 4}))
+        response = conn.getresponse()
+        assert response.status == 200 and len(json.loads(response.read())["items"]) == 4
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -329,10 +330,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, payload)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 64,
           max_top_k: int = 100, model_name: str = "", ready=None) -> None:
-    """Serve until interrupted (Ctrl-C); ``ready(server)`` runs once it listens (e.g. to print its URL)."""
+    """Serve until interrupted (Ctrl-C or SIGTERM); ``ready(server)`` runs once it listens (e.g. to print its URL)."""
     server = RecommendServer(recommender, host, port, max_batch=max_batch, max_top_k=max_top_k, model_name=model_name)
+    if threading.current_thread() is threading.main_thread():  # `docker stop` / `kill` end it like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         if ready is not None:
             ready(server)
