@@ -90,22 +90,34 @@ def test_packed_loss_and_gradients_equal_the_unpacked_ones(task, objective, toke
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_token_budget_batches_are_length_aware_deterministic_and_cover_an_epoch(task):
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_steps_are_random_sets_of_rows_cut_by_length_deterministic_and_cover_an_epoch(task, world_size):
     ds = _dataset(task, "point", None)
     plan = plan_packs(ds, units_per_item=1, pack_tokens=128)
-    batches = PackedBatchPlan.make(plan, global_batch_size=32, grad_accum=2, world_size=1, seed=3, max_steps=None,
-                                   epochs=2.0)
+    members = np.diff(plan.offsets)
+    batches = PackedBatchPlan.make(plan, global_batch_size=32, grad_accum=2, world_size=world_size, seed=3,
+                                   max_steps=None, epochs=2.0, length_splits=2)
+    assert batches.grad_accum == 4 and batches.micros_per_step == 4 * world_size  # 2 accumulation slots x 2 splits
     epoch0 = batches.micro_batches(0)
+    assert len(epoch0) == batches.steps_per_epoch * batches.micros_per_step
     rows = np.concatenate(epoch0)
-    assert np.array_equal(np.sort(rows), np.arange(len(plan)))  # every row once per epoch
-    padded = sum(len(b) * plan.lengths[b].max() for b in epoch0)
-    assert all(len(b) * plan.lengths[b].max() <= batches.batch_tokens for b in epoch0 if len(b) > 1)
-    assert padded < 1.25 * plan.lengths.sum()  # length-aware: little padding
-    examples = [sum(plan.offsets[r + 1] - plan.offsets[r] for r in b) for b in epoch0]
-    assert 0.5 * 16 < np.mean(examples) < 2 * 16  # about global_batch_size / grad_accum examples per micro-batch
+    assert len(np.unique(rows)) == len(rows) and len(rows) > 0.8 * len(plan)  # each row at most once per epoch
+    per_step = [np.concatenate(batches.step_micro_batches(s)) for s in range(batches.steps_per_epoch)]
+    examples = np.array([members[r].sum() for r in per_step])
+    assert np.all(np.abs(examples - 32) < members.max())  # about global_batch_size examples in every step
+    for step in range(batches.steps_per_epoch):
+        micro = batches.step_micro_batches(step)
+        for rank in range(world_size):
+            mine = micro[rank * 4:(rank + 1) * 4]
+            assert len(mine[-1]) > 0  # the micro-batch that synchronises gradients is never empty
+            seen = [b for b in mine if len(b)]
+            assert all(plan.lengths[x].max() <= plan.lengths[y].min() for x, y in zip(seen, seen[1:]))  # by length
+    # a step is a random set of rows, not rows of one length: steps' mean row lengths barely differ
+    means = np.array([plan.lengths[r].mean() for r in per_step])
+    assert means.std() < 0.5 * plan.lengths.std()
     # a pure function of (seed, step): a fresh plan gives the same step; another epoch another order
-    again = PackedBatchPlan.make(plan, global_batch_size=32, grad_accum=2, world_size=1, seed=3, max_steps=None,
-                                 epochs=2.0)
+    again = PackedBatchPlan.make(plan, global_batch_size=32, grad_accum=2, world_size=world_size, seed=3,
+                                 max_steps=None, epochs=2.0, length_splits=2)
     step = batches.steps_per_epoch + 1
     assert all(np.array_equal(a, b) for a, b in zip(batches.step_micro_batches(step), again.step_micro_batches(step)))
     assert not all(np.array_equal(a, b) for a, b in zip(batches.micro_batches(1), epoch0))

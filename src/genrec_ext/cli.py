@@ -75,7 +75,8 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     values = yaml.safe_load(open(args.train_config)) if args.train_config else {}
     flags = {"out_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "global_batch_size": args.batch_size,
              "grad_accum": args.grad_accum, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
-             "packing": args.packing, "pack_tokens": args.pack_tokens, "batch_tokens": args.batch_tokens,
+             "packing": args.packing, "pack_tokens": args.pack_tokens, "length_splits": args.length_splits,
+             "pack_members": args.pack_members,
              "seed": args.seed, "bf16": args.bf16, "tensorboard": args.tensorboard or None, "overwrite": args.overwrite or None,
              "eval_every": args.eval_every, "patience": args.patience, "select_metric": args.select_metric}
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -549,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Scientific, but at equal epochs 7%% lower validation HR@10 over 3 seeds (default off: one "
                    "example per row)")
     p.add_argument("--pack-tokens", type=int, help="packed row length at most (default 1024 positions)")
-    p.add_argument("--batch-tokens", type=int, help="padded positions per micro-batch (default: about --batch-size "
-                   "examples per step)")
+    p.add_argument("--pack-members", type=int, help="samples sharing one packed row at most (default: no cap)")
+    p.add_argument("--length-splits", type=int, help="with --packing: micro-batches per step (per --grad-accum slot), "
+                   "each of rows of similar length (default 4)")
     p.add_argument("--lr", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)

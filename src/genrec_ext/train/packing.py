@@ -129,7 +129,10 @@ class PackedSFTDataset(torch.utils.data.Dataset):
         return history, blocks
 
 
-def collate_packed(rows: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]) -> PackedSFTBatch:
+def collate_packed(rows: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]) -> PackedSFTBatch | None:
+    """Packed rows as one batch; None for no rows (a rank's share of a step may leave a micro-batch empty)."""
+    if not rows:
+        return None
     levels = rows[0][0].shape[1] if rows[0][0].ndim == 2 else 1
     n = max(1, max(len(h) for h, _ in rows))
     tails = [np.concatenate([np.concatenate([[SEP], y]) for _, y in blocks]) for _, blocks in rows]

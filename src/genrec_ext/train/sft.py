@@ -224,7 +224,8 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
                                                       pack_members=config.pack_members))
         plan = PackedBatchPlan.make(dataset.plan, global_batch_size=config.global_batch_size,
                                     grad_accum=config.grad_accum, world_size=info.world_size, seed=config.seed,
-                                    max_steps=config.max_steps, epochs=config.epochs, batch_tokens=config.batch_tokens)
+                                    max_steps=config.max_steps, epochs=config.epochs,
+                                    length_splits=config.length_splits)
     else:
         plan = BatchPlan.make(len(dataset), global_batch_size=config.global_batch_size, grad_accum=config.grad_accum,
                               world_size=info.world_size, max_steps=config.max_steps, epochs=config.epochs)
@@ -305,7 +306,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
             "sft": config.to_dict(), "world_size": info.world_size, "device": str(device), "bf16": use_bf16,
             "dataset_size": plan.dataset_size, "steps_per_epoch": plan.steps_per_epoch,
             "total_steps": plan.total_steps, "micro_batch_size": plan.micro_batch_size, "packed": packed,
-            **({"packed_rows": len(dataset), "batch_tokens": plan.batch_tokens,
+            **({"packed_rows": len(dataset), "micro_batches_per_step": plan.micros_per_step,
                 "positions_packed": int(dataset.plan.lengths.sum()),
                 "positions_unpacked": int(dataset.plan.unpacked_lengths.sum())} if packed else {}),
             "vocab_level_sizes": level_sizes, "model_class": type(raw_model).__name__,
@@ -339,13 +340,15 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     model.train()
     try:
         for step in range(start_step, start_step if stopped_early else plan.total_steps):
-            micro: list[SFTBatch | PackedSFTBatch] = [next(batches) for _ in range(plan.grad_accum)]
+            # an empty packed micro-batch (None) comes before this rank's non-empty ones: the last one syncs
+            micro: list[SFTBatch | PackedSFTBatch] = [b for b in (next(batches) for _ in range(plan.grad_accum))
+                                                      if b is not None]
             counts = [b.num_target_tokens for b in micro]  # on the CPU tensors: no device sync
             tokens = torch.tensor([float(sum(counts))], dtype=torch.float64, device=device)
             global_tokens = D.all_reduce_sum(tokens, info)  # target tokens of the whole global batch
             for i, (batch, count) in enumerate(zip(micro, counts)):
                 batch = batch.to(device)
-                with D.gradient_sync(model, sync=i == plan.grad_accum - 1):
+                with D.gradient_sync(model, sync=i == len(micro) - 1):
                     with autocast:
                         output = model(batch)
                     n_tok = int(output.num_target_tokens)

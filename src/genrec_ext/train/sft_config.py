@@ -9,7 +9,7 @@ from typing import Any, Literal
 from .._config import check, from_mapping
 
 #: fields that fix which examples each step sees; a resumed run must keep them.
-DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "batch_tokens")
+DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "length_splits")
 
 
 @dataclass
@@ -26,15 +26,14 @@ class SFTConfig:
     # batch and length of training
     global_batch_size: int = 64  # examples per optimiser step, summed over ranks and accumulation steps
     grad_accum: int = 1  # micro-batches per optimiser step on each rank
-    # shared-prefix packing (train/packing.py): a user's samples share one copy of their history; a step then
-    # holds about global_batch_size examples (micro-batches under batch_tokens padded positions, default derived
-    # from global_batch_size); packed rows are cut at pack_tokens positions. Off by default: 2.7x faster on
-    # Scientific (tiny, 20 epochs), but a user's samples then share a batch and validation HR@10 fell 7%
-    # (3 seeds) at equal epochs (benchmarks/results/sft_packing_cpu.md)
+    # shared-prefix packing (train/packing.py, train/sampling.py): a user's samples share one copy of their history
+    # in a packed row (cut at pack_tokens positions, at most pack_members samples); a step is a random set of rows
+    # holding about global_batch_size examples, each rank's share cut into grad_accum x length_splits micro-batches
+    # sorted by length (less padding)
     packing: bool = False
     pack_tokens: int = 1024
     pack_members: int | None = None
-    batch_tokens: int | None = None
+    length_splits: int = 4
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
     epochs: float = 1.0
     # schedule (paper §3.1: linear warm-up over the first 1% of steps, then cosine decay)
@@ -70,7 +69,7 @@ class SFTConfig:
             (self.pack_tokens >= 2, f"pack_tokens must be >= 2, got {self.pack_tokens}"),
             (self.pack_members is None or self.pack_members >= 1,
              f"pack_members must be >= 1 (or None), got {self.pack_members}"),
-            (self.batch_tokens is None or self.batch_tokens >= 1, f"batch_tokens must be >= 1, got {self.batch_tokens}"),
+            (self.length_splits >= 1, f"length_splits must be >= 1, got {self.length_splits}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
