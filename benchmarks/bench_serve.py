@@ -78,7 +78,11 @@ def run_clients(host: str, port: int, clients: int, seconds: float, histories: l
 
     def client(c: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=120)
-        call(conn, "POST", "/recommend", {"history": histories[c % len(histories)]})  # connect + warm
+        try:
+            call(conn, "POST", "/recommend", {"history": histories[c % len(histories)]})  # connect + warm
+        except Exception:
+            start.abort()  # the others fail fast instead of waiting for this client
+            raise
         start.wait()
         stop = time.perf_counter() + seconds
         i = c

@@ -248,6 +248,7 @@ class RecommendServer(ThreadingHTTPServer):
     """``genrec serve``'s server: a thread per connection for parsing, one search thread (:class:`_Batcher`)."""
 
     daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: socketserver's 5 reset connections of a burst of clients
 
     def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, *,
                  max_batch: int = 64, max_top_k: int = 100, model_name: str = "") -> None:
