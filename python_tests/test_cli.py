@@ -143,13 +143,13 @@ def test_train_sft_cli_trains_saves_and_checks_the_vocabulary(demo_outputs, tmp_
     assert main(args) == 0
     assert "finished step 3/3" in capsys.readouterr().out
     assert (run / "model" / "genrec.json").exists() and (run / "metrics.jsonl").exists()
-    assert json.loads((run / "config.json").read_text())["packed"] is False  # the default
-    # Point-wise with the w/o-TM ablation from the same command line, and packed
+    assert json.loads((run / "config.json").read_text())["packed"] is True  # the command's default
+    # Point-wise with the w/o-TM ablation from the same command line, and one example per row
     assert main(args[:6] + ["--out", str(tmp_path / "point"), "--objective", "point", "--no-token-merger",
                              "--steps", "2", "--batch-size", "8", "--quiet"]) == 0
-    assert main(args[:6] + ["--out", str(tmp_path / "packed"), "--packing", "--steps", "2", "--batch-size", "8",
+    assert main(args[:6] + ["--out", str(tmp_path / "unpacked"), "--no-packing", "--steps", "2", "--batch-size", "8",
                              "--quiet"]) == 0
-    assert json.loads((tmp_path / "packed" / "config.json").read_text())["packed"] is True
+    assert json.loads((tmp_path / "unpacked" / "config.json").read_text())["packed"] is False
     with pytest.raises(SystemExit, match="pack_tokens must be >= 2"):
         main(args[:6] + ["--out", str(tmp_path / "bad"), "--pack-tokens", "1", "--quiet"])
     # A model from another SID vocabulary is refused by name.
