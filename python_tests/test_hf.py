@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
 
-from genrec_ext.hf import SIDLogitsProcessor
+from genrec_ext.hf import SIDLogitsProcessor, logits_processor
 from genrec_ext.sid import SIDTrie
 
 LEVELS = (5, 4, 6)
@@ -25,10 +25,14 @@ def _token_ids(seed: int = 1, vocab: int = 200) -> list[np.ndarray]:
     return list(np.split(ids, np.cumsum(LEVELS)[:-1]))
 
 
-def test_allowed_tokens_equal_a_brute_force_prefix_check():
+@pytest.mark.parametrize("dense", [True, False])  # child tables per node, or binary search in the CSR arrays
+def test_allowed_tokens_equal_a_brute_force_prefix_check(dense, monkeypatch):
+    if not dense:
+        monkeypatch.setattr(logits_processor, "_DENSE_CHILDREN_MAX", 0)
     sids, token_ids = _sids(), _token_ids()
     trie = SIDTrie.from_codes(sids, list(LEVELS))
     proc = SIDLogitsProcessor(trie, token_ids, prompt_length=3, eos_token_id=2, inplace=False)
+    assert all((t is not None) == dense for t in proc.children)
     rng = np.random.default_rng(2)
     valid = {tuple(s) for s in sids.tolist()}
     for depth in range(len(LEVELS) + 1):

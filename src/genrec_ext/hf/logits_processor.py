@@ -31,6 +31,10 @@ from transformers import LogitsProcessor
 from ..sid import SIDTrie
 
 
+#: the largest dense child table (nodes x K bools) a level gets; larger levels binary-search the CSR arrays
+_DENSE_CHILDREN_MAX = 1 << 24
+
+
 class SIDLogitsProcessor(LogitsProcessor):
     """Masks every beam's next-token scores to the valid continuations of its SID prefix (module docstring).
 
@@ -66,6 +70,9 @@ class SIDLogitsProcessor(LogitsProcessor):
         # token id -> code, per level (-1: not a token of that level); CSR keys parent * K + code, sorted
         self.code_of: list[Tensor] = []
         self.keys: list[Tensor] = []
+        # per level, a dense [nodes, K] table of each node's valid child codes where it is small: one gather per
+        # step instead of a binary search per (beam, code) (the step's largest cost after the -inf fill)
+        self.children: list[Tensor | None] = []
         for level, ids in enumerate(self.token_ids):
             code_of = torch.full((vocab,), -1, dtype=torch.int64)
             code_of[ids] = torch.arange(len(ids))
@@ -73,6 +80,11 @@ class SIDLogitsProcessor(LogitsProcessor):
             counts = trie.offsets[level][1:] - trie.offsets[level][:-1]
             parents = torch.repeat_interleave(torch.arange(trie.num_nodes(level)), counts.cpu())
             self.keys.append(parents * trie.level_sizes[level] + trie.codes[level].cpu())
+            dense = None
+            if trie.num_nodes(level) * trie.level_sizes[level] <= _DENSE_CHILDREN_MAX:
+                dense = torch.zeros(trie.num_nodes(level), trie.level_sizes[level], dtype=torch.bool)
+                dense[parents, trie.codes[level].cpu()] = True
+            self.children.append(dense)
         self.level_sizes = list(trie.level_sizes)
         self.eos_ids = None if eos_token_id is None else torch.tensor([int(eos_token_id)])
         self._device = torch.device("cpu")
@@ -83,6 +95,7 @@ class SIDLogitsProcessor(LogitsProcessor):
             self.token_ids = [t.to(device) for t in self.token_ids]
             self.code_of = [t.to(device) for t in self.code_of]
             self.keys = [t.to(device) for t in self.keys]
+            self.children = [None if t is None else t.to(device) for t in self.children]
             self.eos_ids = None if self.eos_ids is None else self.eos_ids.to(device)
             self._device = device
         return self
@@ -109,6 +122,8 @@ class SIDLogitsProcessor(LogitsProcessor):
         """bool ``[rows, K_t]``: the level-``t`` codes that continue each row's ``t`` generated SID tokens."""
         depth = generated.shape[1]
         node = self._walk(generated)
+        if self.children[depth] is not None:
+            return self.children[depth][node.clamp(min=0)] & (node >= 0)[:, None]
         codes = torch.arange(self.level_sizes[depth], device=generated.device)
         return self._child(depth, node[:, None], codes[None]) >= 0
 
