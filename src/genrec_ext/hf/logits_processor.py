@@ -73,18 +73,16 @@ class SIDLogitsProcessor(LogitsProcessor):
         # per level, a dense [nodes, K] table of each node's valid child codes where it is small: one gather per
         # step instead of a binary search per (beam, code) (the step's largest cost after the -inf fill)
         self.children: list[Tensor | None] = []
+        trie = trie.to("cpu")
         for level, ids in enumerate(self.token_ids):
             code_of = torch.full((vocab,), -1, dtype=torch.int64)
             code_of[ids] = torch.arange(len(ids))
             self.code_of.append(code_of)
             counts = trie.offsets[level][1:] - trie.offsets[level][:-1]
-            parents = torch.repeat_interleave(torch.arange(trie.num_nodes(level)), counts.cpu())
-            self.keys.append(parents * trie.level_sizes[level] + trie.codes[level].cpu())
-            dense = None
-            if trie.num_nodes(level) * trie.level_sizes[level] <= _DENSE_CHILDREN_MAX:
-                dense = torch.zeros(trie.num_nodes(level), trie.level_sizes[level], dtype=torch.bool)
-                dense[parents, trie.codes[level].cpu()] = True
-            self.children.append(dense)
+            parents = torch.repeat_interleave(torch.arange(trie.num_nodes(level)), counts)
+            self.keys.append(parents * trie.level_sizes[level] + trie.codes[level])
+            small = trie.num_nodes(level) * trie.level_sizes[level] <= _DENSE_CHILDREN_MAX
+            self.children.append(trie.dense_mask(level) if small else None)
         self.level_sizes = list(trie.level_sizes)
         self.eos_ids = None if eos_token_id is None else torch.tensor([int(eos_token_id)])
         self._device = torch.device("cpu")
