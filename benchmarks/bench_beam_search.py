@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (benchmark_parser, machine_description, measure, measure_interleaved, parse_ints,  # noqa: E402
+from common import (allowed_after_prefix, benchmark_parser, machine_description, measure, measure_interleaved, parse_ints,  # noqa: E402
                     print_row, time_samples, write_table)
 
 from genrec_ext import ops  # noqa: E402
@@ -43,16 +43,14 @@ def paired_latencies(ours, theirs, device: str, rounds: int, ours_per_round: int
     return ours_ms, theirs_ms
 
 
-def hf_generate(model, history, lengths, trie_prefixes, vocab, width):
+def hf_generate(model, history, lengths, trie_prefixes, width):
     embeds, mask, _ = model.prompt_inputs(history, lengths)
-    offsets = vocab.offsets
 
     def allowed(batch_id, input_ids):
-        prefix = tuple(int(t) - offsets[i] for i, t in enumerate(input_ids.tolist()))
-        return trie_prefixes.get(prefix, [])
+        return trie_prefixes.get(tuple(input_ids.tolist()), [])
 
     return model.backbone.generate(inputs_embeds=embeds, attention_mask=mask.long(), num_beams=width,
-                                   num_return_sequences=width, max_new_tokens=vocab.levels, min_new_tokens=vocab.levels,
+                                   num_return_sequences=width, max_new_tokens=model.vocab.levels, min_new_tokens=model.vocab.levels,
                                    do_sample=False, prefix_allowed_tokens_fn=allowed, pad_token_id=0, eos_token_id=None)
 
 
@@ -83,11 +81,7 @@ def main() -> None:
     vocab = SIDVocab(levels)
     trie = SIDTrie.from_codes(sids, list(levels))
     trie_device = trie.to(device)
-    prefixes: dict[tuple, list[int]] = {}
-    for sid in sids.tolist():
-        for depth in range(3):
-            prefixes.setdefault(tuple(sid[:depth]), set()).add(vocab.offsets[depth] + sid[depth])
-    prefixes = {k: sorted(v) for k, v in prefixes.items()}
+    prefixes = allowed_after_prefix(vocab.tokens(torch.from_numpy(sids)).numpy())
     model = build_model(args.preset, vocab).to(device, getattr(torch, args.dtype)).eval()
     rows = []
     for batch in args.batches:
@@ -95,7 +89,7 @@ def main() -> None:
         lengths = torch.full((batch,), args.history, device=device)
         with torch.no_grad():
             ours, hf = paired_latencies(lambda: beam_search(model, history, lengths, trie_device, beam_width=width),
-                                        lambda: hf_generate(model, history, lengths, prefixes, vocab, width), device,
+                                        lambda: hf_generate(model, history, lengths, prefixes, width), device,
                                         args.hf_reps, max(1, args.reps // args.hf_reps))
         # The op alone on the same inputs: fused, composed of the stage ops, and the reference.
         with torch.no_grad():

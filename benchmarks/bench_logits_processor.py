@@ -22,7 +22,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure_interleaved, parse_ints, print_row, write_table  # noqa: E402
+from common import allowed_after_prefix, benchmark_parser, machine_description, measure_interleaved, parse_ints, print_row, write_table  # noqa: E402
 
 from genrec_ext.hf import SIDLogitsProcessor  # noqa: E402
 from genrec_ext.sid import SIDTrie  # noqa: E402
@@ -33,12 +33,7 @@ class PerBeamPrefixProcessor(LogitsProcessor):
 
     def __init__(self, sid_tokens: np.ndarray, prompt_length: int, eos_token_id: int) -> None:
         self.prompt_length = prompt_length
-        self.allowed: dict[tuple[int, ...], list[int]] = {}
-        for row in sid_tokens.tolist():
-            for depth in range(len(row)):
-                self.allowed.setdefault(tuple(row[:depth]), set()).add(row[depth])
-            self.allowed.setdefault(tuple(row), set()).add(eos_token_id)
-        self.allowed = {k: sorted(v) for k, v in self.allowed.items()}
+        self.allowed = allowed_after_prefix(sid_tokens, eos_token_id)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         mask = torch.full_like(scores, float("-inf"))

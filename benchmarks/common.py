@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -63,6 +64,18 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: str, *, bu
         for name, fn in fns.items():
             times[name].append(measure(fn, device, budget_s=budget_s / rounds, warmup=1))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def allowed_after_prefix(sid_tokens, eos_token_id: int | None = None) -> dict[tuple[int, ...], list[int]]:
+    """The Python competitor's table (prefix_allowed_tokens_fn, MiniOneRec's LogitProcessor): each generated
+    SID-token prefix -> the token ids that may follow it (``eos_token_id`` after a whole SID, when given)."""
+    allowed: dict[tuple[int, ...], set[int]] = {}
+    for row in np.asarray(sid_tokens).tolist():
+        for depth in range(len(row)):
+            allowed.setdefault(tuple(row[:depth]), set()).add(row[depth])
+        if eos_token_id is not None:
+            allowed.setdefault(tuple(row), set()).add(eos_token_id)
+    return {k: sorted(v) for k, v in allowed.items()}
 
 
 def print_row(row: dict) -> None:
