@@ -224,9 +224,9 @@ def parse_request(body: bytes, recommender: Recommender, max_top_k: int) -> tupl
     if not isinstance(history, list):
         raise BadRequest("\"history\" must be a list of item ids, oldest first"
                          + ("" if "history" in request else " (missing)"))
-    if any(isinstance(v, (dict, list, bool, float)) or v is None for v in history):
-        bad = next(v for v in history if isinstance(v, (dict, list, bool, float)) or v is None)
-        raise BadRequest(f"\"history\" holds {json.dumps(bad)}: item ids are strings or integers")
+    bad = [v for v in history if not isinstance(v, (str, int)) or isinstance(v, bool)]
+    if bad:
+        raise BadRequest(f"\"history\" holds {json.dumps(bad[0])}: item ids are strings or integers")
     top_k = request.get("top_k", 10)
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= max_top_k:
         raise BadRequest(f"\"top_k\" must be an integer from 1 to {max_top_k}, got {json.dumps(top_k)}")
