@@ -10,12 +10,8 @@ float summation order. A capped history (``max_history``) slides once a user has
 window that starts later is no prefix of the earlier ones, so it begins a new row. Rows are cut at
 ``pack_tokens`` positions.
 
-Batches (:mod:`.sampling`): micro-batches of rows under a token budget (rows x longest row), length-aware (rows of similar length
-together, taken from a seeded shuffle in windows, so no batch is padded to a rare long row), their order
-shuffled again; one optimiser step = ``world_size x grad_accum`` micro-batches, each rank its contiguous share.
-Everything is a pure function of ``(seed, epoch)``, so a resumed run sees exactly the batches of the
-uninterrupted one. The default budget makes a step hold about ``global_batch_size`` examples on average, so a
-recipe tuned without packing keeps its meaning.
+Batches: :class:`genrec_ext.train.sampling.PackedBatchPlan` (a step = a random set of rows holding about
+``global_batch_size`` examples, cut into length-sorted micro-batches; a pure function of ``(seed, epoch)``).
 """
 
 from __future__ import annotations

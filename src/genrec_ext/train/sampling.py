@@ -3,8 +3,8 @@ the batches of the uninterrupted one and any world size / accumulation split of 
 
 :class:`BatchPlan` / :class:`StepBatchSampler`: one example per row, ``global_batch_size`` examples per step, in
 order from a permutation seeded by ``(seed, epoch)``. :class:`PackedBatchPlan` / :class:`PackedStepSampler`: the
-packed rows of :mod:`.packing` in token-budget, length-aware micro-batches (about ``global_batch_size`` examples
-per step on average)."""
+packed rows of :mod:`.packing`, a step a random set of rows holding about ``global_batch_size`` examples, cut into
+micro-batches of rows of similar length."""
 
 from __future__ import annotations
 
