@@ -81,7 +81,7 @@ class SIDTable:
     codebooks: RQCodebooks | None = None
     collision_level: bool = False
     stats: SIDStats | None = None
-    _lookup: SIDLookup | None = field(default=None, repr=False)
+    _lookup: SIDLookup = field(init=False, repr=False, compare=False)  # derived from codes in __post_init__
 
     def __post_init__(self) -> None:
         self.codes = np.ascontiguousarray(self.codes, dtype=np.int64)
