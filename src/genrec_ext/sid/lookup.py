@@ -26,21 +26,31 @@ class SIDLookup:
         self.keys, self.items = torch.sort(keys)
         if len(self.keys) > 1 and bool((self.keys[1:] == self.keys[:-1]).any()):
             raise ValueError("item_codes hold duplicate SIDs; a SID must name one item")
+        self._copies: dict[torch.device, SIDLookup] = {}  # per other device: no host->device copy per call
 
     def to(self, device) -> SIDLookup:
         out = object.__new__(SIDLookup)
         out.level_sizes, out.radix, out.keys, out.items = (t.to(device) for t in
                                                             (self.level_sizes, self.radix, self.keys, self.items))
+        out._copies = {}
         return out
+
+    def _on(self, device: torch.device) -> SIDLookup:
+        if self.keys.device == device:
+            return self
+        if device not in self._copies:
+            self._copies[device] = self.to(device)
+        return self._copies[device]
 
     def __call__(self, codes: Tensor) -> Tensor:
         codes = torch.as_tensor(codes)
         if codes.shape[-1] != len(self.level_sizes):
             raise ValueError(f"SID codes must end in {len(self.level_sizes)} levels, got shape {tuple(codes.shape)}")
         codes = codes.to(torch.int64)
-        ok = ((codes >= 0) & (codes < self.level_sizes.to(codes.device))).all(-1)
-        key = (codes.clamp(min=0) * self.radix.to(codes.device)).sum(-1)
-        keys, items = self.keys.to(codes.device), self.items.to(codes.device)
+        here = self._on(codes.device)
+        ok = ((codes >= 0) & (codes < here.level_sizes)).all(-1)
+        key = (codes.clamp(min=0) * here.radix).sum(-1)
+        keys, items = here.keys, here.items
         if len(keys) == 0:
             return torch.full(key.shape, -1, dtype=torch.int64, device=codes.device)
         pos = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
