@@ -152,6 +152,14 @@ def test_train_sft_cli_trains_saves_and_checks_the_vocabulary(demo_outputs, tmp_
     assert json.loads((tmp_path / "unpacked" / "config.json").read_text())["packed"] is False
     with pytest.raises(SystemExit, match="pack_tokens must be >= 2"):
         main(args[:6] + ["--out", str(tmp_path / "bad"), "--pack-tokens", "1", "--quiet"])
+    # Sliding windows sharing rows (the stride), and the stride's misuses named
+    assert main(args[:6] + ["--out", str(tmp_path / "stride"), "--history-stride", "5", "--steps", "2",
+                             "--batch-size", "8", "--quiet"]) == 0
+    assert json.loads((tmp_path / "stride" / "config.json").read_text())["sft"]["history_stride"] == 5
+    with pytest.raises(SystemExit, match="--history-stride 99 must be <= --max-history 50"):
+        main(args[:6] + ["--out", str(tmp_path / "bad"), "--history-stride", "99", "--quiet"])
+    with pytest.raises(SystemExit, match="it needs --packing"):
+        main(args[:6] + ["--out", str(tmp_path / "bad"), "--history-stride", "5", "--no-packing", "--quiet"])
     # A model from another SID vocabulary is refused by name.
     from genrec_ext.model import build_model
     from genrec_ext.sid import SIDVocab

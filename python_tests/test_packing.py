@@ -90,6 +90,48 @@ def test_packed_loss_and_gradients_equal_the_unpacked_ones(task, objective, toke
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("objective", ["page", "point"])
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_history_stride_shares_sliding_windows_and_trains_on_each_sample_s_recent_items(task, objective, stride):
+    cap = 4
+    ds = _dataset(task, objective, cap)
+    exact = plan_packs(ds, units_per_item=1, pack_tokens=200)
+    plan = plan_packs(ds, units_per_item=1, pack_tokens=200, history_stride=stride)
+    packed = PackedSFTDataset(ds, plan)
+    assert np.array_equal(np.sort(plan.members), np.arange(len(ds)))
+    assert np.array_equal(plan.unpacked_lengths.sum(), exact.unpacked_lengths.sum())  # measured against the cap
+    capped = seen = 0
+    for p in range(len(plan)):
+        row_history, blocks = packed[p]
+        assert len(row_history) == plan.history_len(p) <= cap
+        for m, (prefix, target) in zip(range(plan.offsets[p], plan.offsets[p + 1]), blocks):
+            history, own_target = ds[int(plan.members[m])]
+            assert prefix == plan.prefix[m] and np.array_equal(target, own_target)
+            # a member sees its own most recent `prefix` items: all of them below the cap, >= cap - stride + 1 at it
+            assert np.array_equal(row_history[:prefix], history[len(history) - prefix:])
+            assert prefix == len(history) if len(history) < cap else cap - stride < prefix <= cap
+            capped += len(history) == cap
+            seen += prefix
+    assert capped > 0.3 * len(ds)  # the world has users past the cap, so the stride has windows to share
+    if stride == 1:  # a grid of one item is every window exactly
+        assert np.array_equal(plan.prefix[np.argsort(plan.members)], exact.prefix[np.argsort(exact.members)])
+    else:  # sliding windows now share rows
+        assert len(plan) < len(exact) and plan.lengths.sum() < exact.lengths.sum()
+    # the packed loss is the loss of the samples with those windows laid out one per row
+    model = build_model("tiny", ds.vocab, seed=0, level_softmax=True).double().eval()
+    rows = np.flatnonzero(np.diff(plan.offsets) > 1)[:8]
+    windows = []
+    for p in rows:
+        row_history, blocks = packed[int(p)]
+        windows += [(row_history[:prefix], target) for prefix, target in blocks]
+    torch.testing.assert_close(model(collate_packed([packed[int(p)] for p in rows])).loss,
+                               model(collate(windows)).loss, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"history_stride must be in \[1, max_history=4\], got 5"):
+        plan_packs(ds, history_stride=5)
+    with pytest.raises(ValueError, match="history_stride needs a dataset with max_history"):
+        plan_packs(_dataset(task, objective, None), history_stride=2)
+
+
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_steps_are_random_sets_of_rows_cut_by_length_deterministic_and_cover_an_epoch(task, world_size):
     ds = _dataset(task, "point", None)

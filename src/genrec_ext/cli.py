@@ -76,7 +76,7 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
     flags = {"out_dir": args.out, "max_steps": args.steps, "epochs": args.epochs, "global_batch_size": args.batch_size,
              "grad_accum": args.grad_accum, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
              "packing": args.packing, "pack_tokens": args.pack_tokens, "length_splits": args.length_splits,
-             "pack_members": args.pack_members,
+             "pack_members": args.pack_members, "history_stride": args.history_stride,
              "seed": args.seed, "bf16": args.bf16, "tensorboard": args.tensorboard or None, "overwrite": args.overwrite or None,
              "eval_every": args.eval_every, "patience": args.patience, "select_metric": args.select_metric}
     values.update({k: v for k, v in flags.items() if v is not None})
@@ -84,6 +84,11 @@ def _cmd_train_sft(args: argparse.Namespace) -> int:
         config = SFTConfig.from_dict({**RECIPE, **values})
     except ValueError as exc:
         raise SystemExit(f"genrec train sft: {exc}") from None
+    if config.history_stride is not None and not config.packing:
+        raise SystemExit("genrec train sft: --history-stride shares packed rows; it needs --packing")
+    if config.history_stride is not None and config.history_stride > (args.max_history or 0):
+        raise SystemExit(f"genrec train sft: --history-stride {config.history_stride} must be <= --max-history "
+                         f"{args.max_history}")
     validate = None
     if args.validate:
         if len(splits.valid) == 0:
@@ -554,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack-members", type=int, help="samples sharing one packed row at most (default: no cap)")
     p.add_argument("--length-splits", type=int, help="with --packing: micro-batches per step (per --grad-accum slot), "
                    "each of rows of similar length (default 4)")
+    p.add_argument("--history-stride", type=int, help="with --packing: a history at the --max-history cap may start "
+                   "on a grid of this many items, so a long user's sliding windows share packed rows (each sample then "
+                   "sees its last max_history - stride + 1 .. max_history items; default: exact windows)")
     p.add_argument("--lr", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)

@@ -10,6 +10,13 @@ float summation order. A capped history (``max_history``) slides once a user has
 window that starts later is no prefix of the earlier ones, so it begins a new row. Rows are cut at
 ``pack_tokens`` positions.
 
+``history_stride`` (opt-in; the one approximation): a sliding window shares nothing, so a user with long
+histories gains little from exact packing (page logs whose histories sit at the cap: 1.1-1.3x). With a stride
+S, a history cut by the cap starts at the next multiple of S in the user's click stream instead of exactly
+``max_history`` items back, so every sample whose window starts in the same stride cell shares one row: each
+sees its most recent ``max_history - S + 1`` to ``max_history`` items (serving still sees ``max_history``), the
+way SASRec trains every position of a sequence cut to its cap. Histories shorter than the cap are unchanged.
+
 Batches: :class:`genrec_ext.train.sampling.PackedBatchPlan` (a step = a random set of rows holding about
 ``global_batch_size`` examples, cut into length-sorted micro-batches; a pure function of ``(seed, epoch)``).
 """
@@ -36,6 +43,10 @@ class PackPlan:
     lengths: np.ndarray  # int64 [P] positions of each row: <bos> + history vectors + blocks
     unpacked_lengths: np.ndarray  # int64 [M] positions each member takes laid out alone (<bos>, history, <sep>, target)
 
+    def history_len(self, p: int) -> int:
+        """History items of row ``p`` (its longest member's)."""
+        return int(self.prefix[self.offsets[p]:self.offsets[p + 1]].max())
+
     def __len__(self) -> int:
         return len(self.base)
 
@@ -54,23 +65,40 @@ def target_lengths(dataset: SFTDataset) -> np.ndarray:
 
 
 def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int = 1024,
-               pack_members: int | None = None) -> PackPlan:
+               pack_members: int | None = None, history_stride: int | None = None) -> PackPlan:
     """Group ``dataset``'s examples into packed rows (module docstring). ``units_per_item``: prompt vectors per
-    history item (1 with the Token Merger, L without); ``pack_members``: samples per row at most (None: no cap)."""
+    history item (1 with the Token Merger, L without); ``pack_members``: samples per row at most (None: no cap);
+    ``history_stride``: where a capped history may start (None: exactly ``max_history`` items back)."""
     if pack_tokens < 2:
         raise ValueError(f"pack_tokens must be >= 2, got {pack_tokens}")
     if pack_members is not None and pack_members < 1:
         raise ValueError(f"pack_members must be >= 1 (or None), got {pack_members}")
     cap_members = pack_members or len(dataset) + 1
     samples, cap = dataset.samples, dataset.max_history
+    if history_stride is not None and not (cap is not None and 1 <= history_stride <= cap):
+        raise ValueError(f"history_stride must be in [1, max_history={cap}], got {history_stride}"
+                         if cap is not None else "history_stride needs a dataset with max_history set")
     sample = dataset.example_sample
     full_len = (samples.history.end - samples.history.start)[sample]
-    hist_len = np.minimum(full_len, cap) if cap is not None else full_len
-    hist_start = samples.history.start[sample] + (full_len - hist_len)  # the capped window, in the value pool
+    capped_len = np.minimum(full_len, cap) if cap is not None else full_len
+    hist_start = samples.history.start[sample] + (full_len - capped_len)  # the capped window, in the value pool
+    hist_len = capped_len
+    if history_stride is not None:
+        # A user's click stream is contiguous in the value pool and starts at the earliest window of the user's
+        # samples; a window cut by the cap moves to the next point of a stride grid laid from that start.
+        user = samples.user[sample]
+        stream_start = np.full(int(user.max()) + 1 if len(user) else 0, np.iinfo(np.int64).max)
+        np.minimum.at(stream_start, user, hist_start)
+        stream_start = stream_start[user]
+        end = hist_start + capped_len
+        cut = end - cap > stream_start
+        grid = stream_start + -(-(end - cap - stream_start) // history_stride) * history_stride
+        hist_start = np.where(cut, grid, hist_start)
+        hist_len = end - hist_start
     values = samples.history.values
     blocks = 1 + target_lengths(dataset)  # <sep> + target
-    # a user's examples by history length: a prefix chain is then a run of consecutive examples
-    order = np.lexsort((np.arange(len(sample)), hist_len, samples.user[sample]))
+    # a user's examples by history start, then length: a prefix chain is then a run of consecutive examples
+    order = np.lexsort((np.arange(len(sample)), hist_len, hist_start, samples.user[sample]))
     user = samples.user[sample][order]
 
     members, offsets, base, prefix, lengths = [], [0], [], [], []
@@ -104,7 +132,7 @@ def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int
     members_a = np.asarray(members, dtype=np.int64)
     return PackPlan(members_a, np.asarray(offsets, dtype=np.int64), np.asarray(base, dtype=np.int64),
                     np.asarray(prefix, dtype=np.int64), np.asarray(lengths, dtype=np.int64),
-                    (2 + hist_len * units_per_item + blocks - 1)[members_a])
+                    (2 + capped_len * units_per_item + blocks - 1)[members_a])
 
 
 class PackedSFTDataset(torch.utils.data.Dataset):
@@ -120,6 +148,7 @@ class PackedSFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, p: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
         plan = self.plan
         history, _ = self.dataset[int(plan.base[p])]
+        history = history[len(history) - plan.history_len(p):]  # with a history stride: the window's recent part
         lo, hi = int(plan.offsets[p]), int(plan.offsets[p + 1])
         blocks = [(int(plan.prefix[m]), self.dataset[int(plan.members[m])][1]) for m in range(lo, hi)]
         return history, blocks

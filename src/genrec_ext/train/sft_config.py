@@ -9,7 +9,8 @@ from typing import Any, Literal
 from .._config import check, from_mapping
 
 #: fields that fix which examples each step sees; a resumed run must keep them.
-DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "length_splits")
+DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "length_splits",
+                      "history_stride")
 
 
 @dataclass
@@ -29,11 +30,13 @@ class SFTConfig:
     # shared-prefix packing (train/packing.py, train/sampling.py): a user's samples share one copy of their history
     # in a packed row (cut at pack_tokens positions, at most pack_members samples); a step is a random set of rows
     # holding about global_batch_size examples, each rank's share cut into grad_accum x length_splits micro-batches
-    # sorted by length (less padding)
+    # sorted by length (less padding). history_stride (None: exact) lets a history at the max_history cap start on
+    # a stride grid, so sliding windows share rows too: samples then see max_history - stride + 1 .. max_history items
     packing: bool = False
     pack_tokens: int = 1024
     pack_members: int | None = None
     length_splits: int = 4
+    history_stride: int | None = None
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
     epochs: float = 1.0
     # schedule (paper §3.1: linear warm-up over the first 1% of steps, then cosine decay)
@@ -70,6 +73,8 @@ class SFTConfig:
             (self.pack_members is None or self.pack_members >= 1,
              f"pack_members must be >= 1 (or None), got {self.pack_members}"),
             (self.length_splits >= 1, f"length_splits must be >= 1, got {self.length_splits}"),
+            (self.history_stride is None or self.history_stride >= 1,
+             f"history_stride must be >= 1 (or None), got {self.history_stride}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (self.max_steps is not None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
