@@ -5,19 +5,29 @@ example per row (whole training runs on real data).
     python benchmarks/bench_sft.py --device cuda --preset base --dtype bfloat16
     python benchmarks/bench_sft.py --packing             # packed vs unpacked SFT (Scientific + synthetic pages)
     python benchmarks/bench_sft.py --packing --curves    # + a 20-epoch tiny run on Scientific both ways
+    python benchmarks/bench_sft.py --stride-quality      # what the history stride costs in quality (3 seeds)
 
 Token Merger. Prefill: one forward pass over the prompt (<bos>, history, <sep>) of a batch, the serving cost
 the Token Merger targets (N + 2 positions instead of L*N + 2). Training: forward + backward of page-wise NTP on
 a batch with a 10-item target page; tokens/s counts supervised target tokens.
 
-Packing. The same model (same seed) and data trained ``--steps`` optimiser steps by ``train_sft`` with
-``packing=True`` (a user's samples share one copy of their history; token-budget, length-aware batches of about
-``global_batch_size`` examples) and ``packing=False`` (``global_batch_size`` examples per step in random order,
-padded to the longest): examples/s and target tokens/s of the training loop, the positions each way lays out,
-and the speedup. Data: Amazon 2018 Scientific (LC-Rec JSON, leave-one-out, history 20, page = the next item;
-skipped when ``../shared/data`` is absent) and the synthetic page logs with 50-item histories (page-wise).
+Packing. The same model (same seed) and data trained ``--steps`` optimiser steps by ``train_sft`` three ways:
+``packing=False`` (``global_batch_size`` examples per step in random order, padded to the longest), packed with
+exact windows (a user's samples whose histories are prefixes of one another share one copy of it; the same loss
+as unpacked), and packed with ``history_stride = max_history // 2`` (histories cut by the cap start on a stride
+grid, so sliding windows share rows too): examples/s and target tokens/s of the training loop, the positions each
+way lays out, and the speedups. Data: Amazon 2018 Scientific (LC-Rec JSON, leave-one-out, history 20, page = the
+next item; skipped when ``../shared/data`` is absent) and synthetic page logs of heavy users whose histories reach
+the 50-item cap (``HEAVY_USERS``: 40 requests per user; median history 42 items), page-wise and point-wise.
 ``--curves`` adds the whole 20-epoch ``tiny`` training on Scientific both ways (validation-selected, as
 `genrec train sft` runs it): wall time, selected validation HR@10 / NDCG@10, and a loss-vs-examples plot.
+
+Stride quality. ``history_stride`` changes what a training sample sees (its last 26..50 items instead of 50), so
+``--stride-quality`` trains the `tiny` page-wise model on the heavy users' page logs unpacked, packed with exact
+windows and packed with the stride, for ``--seeds`` (the synthetic Table 1 recipe: 12 epochs, batch 64, patience
+2, validation on every validation page), and tests each selected model once: HR@10 / NDCG@10, mean and std.
+``--modes`` runs a subset (two processes can split the modes; every run's row is kept as JSON and the table is
+rebuilt from all of them).
 """
 
 from __future__ import annotations
@@ -47,8 +57,14 @@ def random_batch(vocab: SIDVocab, batch: int, history: int, page: int, gen: torc
 SCIENTIFIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon18-scientific"
 
 
+#: A synthetic world of the demo's log size whose users are heavy (40 requests each instead of 4), so that the
+#: page histories reach the 50-item cap: what "page logs with 50-item histories" means. The demo's world has a median
+#: history of 5 items, too short for a cap to matter.
+HEAVY_USERS = {"num_users": 350, "requests_per_user": 40.0, "seed": 0}
+
+
 def packing_tasks(args) -> dict:
-    """name -> (task, objective): Scientific when present, the synthetic page logs."""
+    """name -> (task, objective): Scientific when present, the heavy users' synthetic page logs (both objectives)."""
     from genrec_ext.experiments import SYNTHETIC, Table1Spec, sequence_task, synthetic_task
 
     tasks = {}
@@ -62,8 +78,8 @@ def packing_tasks(args) -> dict:
         print(f"{SCIENTIFIC} not found: Scientific rows skipped")
     if "synthetic-50" in args.datasets:
         spec = Table1Spec.load(SYNTHETIC)
-        tasks["synthetic-50"] = (synthetic_task(spec.world, max_history=50, sid=spec.sid,
-                                                sid_dir=args.out / "sids_synthetic"), "page")
+        heavy = synthetic_task(HEAVY_USERS, max_history=50, sid=spec.sid, sid_dir=args.out / "sids_synthetic_heavy")
+        tasks["synthetic-50"], tasks["synthetic-50 point"] = (heavy, "page"), (heavy, "point")
     return tasks
 
 
@@ -77,10 +93,12 @@ def packing_main(args) -> None:
         ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
         for preset in args.presets:
             result = {"data": name, "preset": preset, "examples": len(ds)}
-            for packing in (False, True):
-                key = "packed" if packing else "unpacked"
+            stride = max(1, task.max_history // 2)
+            for key, packing, history_stride in (("unpacked", False, None), ("packed", True, None),
+                                                 ("stride", True, stride)):
                 model = build_model(preset, ds.vocab, seed=0)
-                config = SFTConfig(out_dir=str(args.out / "runs" / f"{name}_{preset}_{key}"), packing=packing,
+                config = SFTConfig(out_dir=str(args.out / "runs" / f"{name}_{preset}_{key}".replace(" ", "_")),
+                                   packing=packing, history_stride=history_stride,
                                    global_batch_size=args.global_batch, max_steps=args.steps, log_every=args.steps,
                                    lr=3e-3, plot=False, overwrite=True, device=args.device)
                 started = time.perf_counter()
@@ -92,18 +110,21 @@ def packing_main(args) -> None:
                 result[f"{key}_tok_s"] = record["target_tokens_per_s"]
                 result[f"{key}_positions_s"] = record["tokens_per_s"]
                 if packing:
-                    result["pack_setup_s"] = setup
-                    result["position_ratio"] = saved["positions_unpacked"] / saved["positions_packed"]
-            result["speedup"] = result["packed_ex_s"] / result["unpacked_ex_s"]
+                    result[f"{key}_setup_s"] = setup
+                    result[f"{key}_position_ratio"] = saved["positions_unpacked"] / saved["positions_packed"]
+            result["stride"] = stride
+            result["packed_speedup"] = result["packed_ex_s"] / result["unpacked_ex_s"]
+            result["stride_speedup"] = result["stride_ex_s"] / result["unpacked_ex_s"]
             rows.append(result)
             print_row(result)
     note = (f"{machine_description(args.device)}; fp32; {args.steps} optimiser steps of about {args.global_batch} examples "
             "each way, same model seed and data. *_ex_s: training examples/s of the loop; *_tok_s: supervised target "
-            "tokens/s; *_positions_s: real (unpadded) input positions/s; position_ratio: positions laid out one example "
-            "per row / packed (the shared histories); speedup = packed / unpacked examples/s; pack_setup_s: planning "
-            "the packed rows (once per run).")
-    write_table(rows, ["data", "preset", "examples", "unpacked_ex_s", "packed_ex_s", "speedup", "unpacked_tok_s",
-                       "packed_tok_s", "unpacked_positions_s", "packed_positions_s", "position_ratio", "pack_setup_s"],
+            "tokens/s; *_positions_s: real (unpadded) input positions/s; *_position_ratio: positions laid out one example "
+            "per row / packed (the shared histories); packed = exact windows, stride = history_stride `stride`; "
+            "*_speedup = examples/s over unpacked; *_setup_s: planning the packed rows (once per run).")
+    write_table(rows, ["data", "preset", "examples", "unpacked_ex_s", "packed_ex_s", "packed_speedup", "stride",
+                       "stride_ex_s", "stride_speedup", "unpacked_tok_s", "packed_tok_s", "stride_tok_s",
+                       "packed_position_ratio", "stride_position_ratio", "packed_setup_s", "stride_setup_s"],
                 "SFT throughput: shared-prefix packing vs one example per row", args.out / f"sft_packing_{args.device}", note)
     if args.curves and SCIENTIFIC.exists():
         curves_main(args)
@@ -140,10 +161,67 @@ def curves_main(args) -> None:
                      title="SFT loss on Scientific (tiny): unpacked vs packed")
 
 
+STRIDE_MODES = {"unpacked": (False, None), "packed": (True, None), "stride": (True, 25)}
+
+
+def stride_quality_main(args) -> None:
+    import json
+    import time
+
+    import numpy as np
+
+    from genrec_ext.eval import evaluate_model, make_validator
+    from genrec_ext.experiments import SYNTHETIC, Table1Spec, synthetic_task
+    from genrec_ext.train import SFTConfig, make_sft_dataset, train_sft
+
+    spec = Table1Spec.load(SYNTHETIC)
+    task = synthetic_task(HEAVY_USERS, max_history=50, sid=spec.sid, sid_dir=args.out / "sids_synthetic_heavy")
+    ds = make_sft_dataset(task.splits.train, task.catalog, task.table, "page", max_history=50)
+    runs = args.out / "stride_quality"
+    runs.mkdir(parents=True, exist_ok=True)
+    for mode in args.modes:
+        packing, stride = STRIDE_MODES[mode]
+        for seed in args.seeds:
+            model = build_model("tiny", ds.vocab, seed=seed)
+            validate = make_validator(task.splits.valid, task.catalog, task.table, max_queries=None, max_history=50,
+                                      seed=seed)
+            config = SFTConfig(out_dir=str(runs / f"{mode}_{seed}"), packing=packing, history_stride=stride,
+                               epochs=12, global_batch_size=64, lr=3e-3, patience=2, seed=seed, plot=False,
+                               overwrite=True, device=args.device)
+            started = time.perf_counter()
+            run = train_sft(model, ds, config, progress=False, validate=validate)
+            test = evaluate_model(model, task.splits.test, task.catalog, task.table, beam_width=50, ks=(10,),
+                                  max_history=50, progress=False)
+            row = {"mode": mode, "seed": seed, "epochs_run": round(run.epoch, 2), "train_s": run.elapsed,
+                   "wall_s": time.perf_counter() - started,
+                   **{f"valid_{k}": v for k, v in run.best["metrics"].items()},
+                   "test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]}
+            (runs / f"{mode}_{seed}.json").write_text(json.dumps(row))
+            print_row(row)
+    rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))]
+    metrics = ["valid_HR@10", "valid_NDCG@10", "test_HR@10", "test_NDCG@10", "train_s"]
+    table = []
+    for mode in STRIDE_MODES:
+        mine = [r for r in rows if r["mode"] == mode]
+        if mine:
+            table += mine
+            table.append({"mode": f"{mode} mean ± std ({len(mine)} seeds)", "seed": "",
+                          **{m: f"{np.mean([r[m] for r in mine]):.4f} ± {np.std([r[m] for r in mine]):.4f}"
+                             for m in metrics}})
+    write_table(table, ["mode", "seed", "epochs_run", *metrics], "Packed SFT with a history stride: quality",
+                args.out / f"sft_stride_quality_{args.device}",
+                f"{machine_description(args.device)}; heavy users' synthetic page logs (HEAVY_USERS, max_history 50), "
+                "tiny preset, page-wise with the Token Merger, 12 epochs, batch 64, lr 3e-3, patience 2, selected on "
+                "every validation page, tested once (beam 50). stride: history_stride 25.")
+
+
 def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--packing", action="store_true", help="packed vs unpacked training runs (see above)")
     ap.add_argument("--curves", action="store_true", help="with --packing: the 20-epoch tiny run on Scientific")
+    ap.add_argument("--stride-quality", action="store_true", help="the history stride's quality (see above)")
+    ap.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="--stride-quality: seeds")
+    ap.add_argument("--modes", default=",".join(STRIDE_MODES), help="--stride-quality: which of unpacked, packed, stride")
     ap.add_argument("--presets", default="tiny,small", help="--packing: model presets")
     ap.add_argument("--steps", type=int, default=40, help="--packing: optimiser steps per run")
     ap.add_argument("--global-batch", type=int, default=256, help="--packing: examples per step")
@@ -156,6 +234,10 @@ def main() -> None:
     ap.add_argument("--page", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0)
     args = ap.parse_args()
+    if args.stride_quality:
+        args.modes = args.modes.split(",")
+        stride_quality_main(args)
+        return
     if args.packing:
         args.presets, args.datasets = args.presets.split(","), args.datasets.split(",")
         packing_main(args)

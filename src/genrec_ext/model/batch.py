@@ -35,22 +35,24 @@ class SFTBatch:
 @dataclass
 class PackedSFTBatch:
     """Shared-prefix packed rows (``genrec_ext.train.packing``): every row holds ONE history, the longest of the
-    samples packed into it, then each sample's block (``<sep>``, its target tokens) one after another. A block
+    samples packed into it, then each sample's block (``<sep>``, its target tokens) in its own slot of
+    ``block_width`` positions (so attention runs per slot, ``genrec_ext.model.packed_attention``). A block
     attends to ``<bos>``, the first ``prefix_len`` history items (its own history, a prefix of the row's) and
     itself, with position ids continuing from its prefix as if it were alone: the same loss and gradients as the
     samples laid out one per row (up to float summation order), with the history encoded once."""
 
     history: Tensor  # [R, N, L] the row's history tokens, PAD beyond history_len
     history_len: Tensor  # [R]
-    tail: Tensor  # [R, T] the blocks' tokens (<sep> then the target, per block), PAD after the last block
+    tail: Tensor  # [R, T] block b's tokens (<sep> then the target) in slot [b * block_width, (b + 1) * block_width)
     block: Tensor  # [R, T] the block (0, 1, ...) of the row a tail position belongs to; -1 = padding
-    offset: Tensor  # [R, T] position inside its block (0 = the <sep>)
+    offset: Tensor  # [R, T] position inside its block's slot (0 = the <sep>)
     prefix_len: Tensor  # [R, T] history items the position's sample sees
     num_examples: int = 0  # samples (blocks) in the batch
+    block_width: int = 1  # positions per block slot: T is a multiple of it
 
     def to(self, device) -> PackedSFTBatch:
-        return PackedSFTBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)[:-1]),
-                              num_examples=self.num_examples)
+        tensors = [getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)[:6]]
+        return PackedSFTBatch(*tensors, num_examples=self.num_examples, block_width=self.block_width)
 
     def __len__(self) -> int:
         return self.history.shape[0]

@@ -32,6 +32,7 @@ from ..sid import SIDVocab
 from ..sid.vocab import BOS, EOS, PAD, SEP, SPECIALS
 from .batch import PackedSFTBatch, SFTBatch
 from .config import ModelConfig
+from .packed_attention import PackedAttention, packed_attention_enabled
 
 FORMAT = "genrec-model/1"
 META_FILE = "genrec.json"
@@ -50,12 +51,13 @@ class Layout:
     """A batch laid out as decoder inputs (see the module docstring)."""
 
     inputs_embeds: Tensor  # [B, S, H]
-    attention_mask: Tensor  # [B, S] bool
+    attention_mask: Tensor | PackedAttention  # [B, S] bool, or a packed batch's attention plan
     prompt_len: Tensor  # [B] prompt positions per example
     label_mask: Tensor  # [B, S] bool: positions whose next token is a target token
     labels: Tensor  # [num supervised positions] our token ids, in label_mask order
     label_index: Tensor  # [num supervised positions] each label's index in its target (0 = first SID token)
     position_ids: Tensor | None = None  # [B, S]; None: 0, 1, ... (one right-padded sequence per row)
+    num_positions: Tensor | None = None  # real (unpadded) input positions; None: attention_mask.sum()
 
 
 def _rope_theta(hf_config) -> float:
@@ -163,7 +165,7 @@ class GenRecModel(nn.Module):
 
     def packed_layout(self, batch: PackedSFTBatch) -> Layout:
         """A packed batch as decoder inputs: ``<bos>``, the row's prompt vectors (the padded width of them), then
-        the tail; a block-causal ``[R, S, S]`` mask and per-position ids (see :class:`PackedSFTBatch`)."""
+        the tail's block slots; a :class:`PackedAttention` plan and per-position ids (see :class:`PackedSFTBatch`)."""
         items, n_items = self.prompt_items(batch.history, batch.history_len)
         rows, width = items.shape[:2]
         per_item = 1 if self.merger is not None else self.vocab.levels  # prompt vectors per history item
@@ -175,28 +177,25 @@ class GenRecModel(nn.Module):
         j = torch.arange(width, device=device)
         positions = torch.cat([torch.zeros(rows, 1, dtype=torch.int64, device=device), (j + 1).expand(rows, -1),
                                torch.where(real, 1 + prefix + batch.offset, 0)], 1)
-        # keys: <bos> always; item k for a prompt query q >= k (causal), for a tail query k < its prefix;
-        # a tail key for a tail query of the same block at or before it
-        s = 1 + width + tail_len
-        q_item = torch.arange(s, device=device)[:, None] - 1  # [S, 1] as an item index (prompt part)
-        k_item = j[None]  # [1, width]
-        prompt_q = (k_item <= q_item[: 1 + width]) & (k_item < n_items[:, None, None])  # [R, 1 + W, W]
-        tail_q = (k_item[None] < prefix[..., None]) & real[..., None]  # [R, T, W]
-        t = torch.arange(tail_len, device=device)
-        same_block = (batch.block[:, :, None] == batch.block[:, None, :]) & (t[None, None] <= t[None, :, None])
-        tail_k = same_block & real[:, :, None] & real[:, None, :]  # [R, T, T]
-        mask = torch.zeros(rows, s, s, dtype=torch.bool, device=device)
-        mask[:, :, 0] = True
-        mask[:, : 1 + width, 1 : 1 + width] = prompt_q
-        mask[:, 1 + width :, 1 : 1 + width] = tail_q
-        mask[:, 1 + width :, 1 + width :] = tail_k
+        # the prompt attends causally to itself; a block's slot to <bos>, its own history prefix and causally to
+        # itself (packed_attention.py: no [S, S] mask, no block scoring another block)
+        prompt, w = 1 + width, batch.block_width
+        slots = tail_len // w
+        slot_real = real.view(rows, slots, w)
+        k = torch.arange(prompt, device=device)
+        sees_prompt = (k == 0) | (k - 1 < prefix.view(rows, slots, w)[:, :, :1])  # [R, slots, prompt]
+        i = torch.arange(w, device=device)
+        sees_own = (i[None, :] <= i[:, None]) & slot_real[:, :, None, :]  # [R, slots, w, w]
+        mask = torch.cat([sees_prompt[:, :, None, :].expand(rows, slots, w, prompt), sees_own], -1)
+        plan = PackedAttention(prompt, slots, w, mask.view(rows * slots, 1, w, prompt + w))
         # the position that predicts each target token: the one before it in the same block
         nxt = torch.cat([batch.block[:, 1:], torch.full_like(batch.block[:, :1], -1)], 1)
         nxt_offset = torch.cat([batch.offset[:, 1:], torch.zeros_like(batch.offset[:, :1])], 1)
         predicts = real & (nxt == batch.block) & (nxt_offset > 0)
         label_mask = torch.cat([torch.zeros(rows, 1 + width, dtype=torch.bool, device=device), predicts], 1)
         labels = torch.cat([batch.tail[:, 1:], batch.tail[:, :1]], 1)[predicts]
-        return Layout(inputs, mask, n_items + 2, label_mask, labels, batch.offset[predicts], positions)
+        return Layout(inputs, plan, n_items + 2, label_mask, labels, batch.offset[predicts], positions,
+                      (1 + n_items).sum() + real.sum())
 
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),
@@ -220,14 +219,16 @@ class GenRecModel(nn.Module):
             self._prompt_tables_cache[key] = (self._layout_index(rel, n, width), rel >= 0, rel.clamp(min=0))
         return self._prompt_tables_cache[key]
 
-    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+    def hidden_states(self, inputs_embeds: Tensor, attention_mask: Tensor | PackedAttention,
+                      position_ids: Tensor | None = None) -> Tensor:
         """The decoder's last hidden states. ``attention_mask``: ``[B, S]`` (padding; causal attention) or a
-        bool ``[B, S, S]`` of (query, key) pairs that may attend (packed rows)."""
-        if attention_mask.dim() == 3:
-            attention_mask = attention_mask[:, None]  # transformers takes a 4D mask as given
-        else:
-            attention_mask = attention_mask.long()
-        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+        packed batch's :class:`PackedAttention` plan."""
+        if isinstance(attention_mask, PackedAttention):
+            # a prepared mask mapping reaches every layer's attention function as is
+            with packed_attention_enabled(self.backbone.config):
+                return self.backbone.model(inputs_embeds=inputs_embeds, attention_mask={"full_attention": attention_mask},
+                                           position_ids=position_ids, use_cache=False).last_hidden_state
+        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
                                   position_ids=position_ids, use_cache=False)
         return out.last_hidden_state
 
@@ -249,8 +250,8 @@ class GenRecModel(nn.Module):
         if self.config.level_softmax:
             logits = logits.masked_fill(~self._allowed_tokens(lay.label_index), float("-inf"))
         loss = F.cross_entropy(logits, lay.labels)
-        positions = lay.attention_mask.any(1) if lay.attention_mask.dim() == 3 else lay.attention_mask
-        return SFTOutput(loss, int(lay.labels.numel()), int(positions.sum()))
+        positions = lay.attention_mask.sum() if lay.num_positions is None else lay.num_positions
+        return SFTOutput(loss, int(lay.labels.numel()), int(positions))
 
     def _allowed_tokens(self, label_index: Tensor) -> Tensor:
         """bool ``[N, V]``: the tokens a target position may hold, as decoding scores it: the SID tokens of its

@@ -155,26 +155,26 @@ class PackedSFTDataset(torch.utils.data.Dataset):
 
 
 def collate_packed(rows: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]) -> PackedSFTBatch | None:
-    """Packed rows as one batch; None for no rows (a rank's share of a step may leave a micro-batch empty)."""
+    """Packed rows as one batch, each block in a slot as wide as the batch's longest block (so attention can run
+    per slot, :mod:`genrec_ext.model.packed_attention`); None for no rows (a rank's share of a step may leave a
+    micro-batch empty)."""
     if not rows:
         return None
     levels = rows[0][0].shape[1] if rows[0][0].ndim == 2 else 1
     n = max(1, max(len(h) for h, _ in rows))
-    tails = [np.concatenate([np.concatenate([[SEP], y]) for _, y in blocks]) for _, blocks in rows]
-    width = max(len(t) for t in tails)
+    width = max(1 + len(y) for _, blocks in rows for _, y in blocks)  # <sep> + target
+    slots = max(len(blocks) for _, blocks in rows)
     history = np.full((len(rows), n, levels), PAD, dtype=np.int64)
-    tail = np.full((len(rows), width), PAD, dtype=np.int64)
-    block = np.full((len(rows), width), -1, dtype=np.int64)
-    offset = np.zeros((len(rows), width), dtype=np.int64)
-    prefix = np.zeros((len(rows), width), dtype=np.int64)
-    for r, ((h, blocks), t) in enumerate(zip(rows, tails)):
+    tail = np.full((len(rows), slots, width), PAD, dtype=np.int64)
+    block = np.full((len(rows), slots, width), -1, dtype=np.int64)
+    prefix = np.zeros((len(rows), slots, width), dtype=np.int64)
+    for r, (h, blocks) in enumerate(rows):
         history[r, : len(h)] = h
-        tail[r, : len(t)] = t
-        sizes = np.array([1 + len(y) for _, y in blocks])
-        ids = np.repeat(np.arange(len(blocks)), sizes)
-        block[r, : len(t)] = ids
-        offset[r, : len(t)] = np.arange(len(t)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-        prefix[r, : len(t)] = np.repeat([p for p, _ in blocks], sizes)
-    return PackedSFTBatch(torch.from_numpy(history), torch.tensor([len(h) for h, _ in rows]), torch.from_numpy(tail),
-                          torch.from_numpy(block), torch.from_numpy(offset), torch.from_numpy(prefix),
-                          num_examples=sum(len(b) for _, b in rows))
+        for b, (p, y) in enumerate(blocks):
+            tail[r, b, 0], tail[r, b, 1: 1 + len(y)] = SEP, y
+            block[r, b, : 1 + len(y)] = b
+            prefix[r, b] = p
+    offset = np.broadcast_to(np.arange(width), tail.shape).copy()
+    return PackedSFTBatch(torch.from_numpy(history), torch.tensor([len(h) for h, _ in rows]),
+                          *(torch.from_numpy(a.reshape(len(rows), -1)) for a in (tail, block, offset, prefix)),
+                          num_examples=sum(len(b) for _, b in rows), block_width=width)
