@@ -35,32 +35,33 @@ class SFTBatch:
 @dataclass
 class PackedSFTBatch:
     """Shared-prefix packed rows (``genrec_ext.train.packing``): every row holds ONE history, the longest of the
-    samples packed into it, then each sample's block (``<sep>``, its target tokens) in its own slot of
-    ``block_width`` positions (so attention runs per slot, ``genrec_ext.model.packed_attention``). A block
-    attends to ``<bos>``, the first ``prefix_len`` history items (its own history, a prefix of the row's) and
-    itself, with position ids continuing from its prefix as if it were alone: the same loss and gradients as the
-    samples laid out one per row (up to float summation order), with the history encoded once."""
+    samples packed into it, and each sample is a block (``<sep>``, its target tokens) that attends to ``<bos>``,
+    the first ``prefix_len`` history items of its row (its own history, a prefix of the row's) and itself, with
+    position ids continuing from its prefix as if it were alone: the same loss and gradients as the samples laid
+    out one per row (up to float summation order), with the history encoded once. Blocks are listed flat, each
+    naming its row, so no row is padded to another's number of blocks (``genrec_ext.model.packed_attention``)."""
 
-    history: Tensor  # [R, N, L] the row's history tokens, PAD beyond history_len
+    history: Tensor  # [R, N, L] each row's history tokens, PAD beyond history_len
     history_len: Tensor  # [R]
-    tail: Tensor  # [R, T] block b's tokens (<sep> then the target) in slot [b * block_width, (b + 1) * block_width)
-    block: Tensor  # [R, T] the block (0, 1, ...) of the row a tail position belongs to; -1 = padding
-    offset: Tensor  # [R, T] position inside its block's slot (0 = the <sep>)
-    prefix_len: Tensor  # [R, T] history items the position's sample sees
-    num_examples: int = 0  # samples (blocks) in the batch
-    block_width: int = 1  # positions per block slot: T is a multiple of it
+    blocks: Tensor  # [K, W] each block's tokens (<sep> then the target), PAD beyond block_len
+    block_len: Tensor  # [K] 1 + the target's length
+    block_row: Tensor  # [K] the row whose history the block reads
+    prefix_len: Tensor  # [K] history items the block's sample sees
 
     def to(self, device) -> PackedSFTBatch:
-        tensors = [getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)[:6]]
-        return PackedSFTBatch(*tensors, num_examples=self.num_examples, block_width=self.block_width)
+        return PackedSFTBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
     def __len__(self) -> int:
         return self.history.shape[0]
 
     @property
+    def num_examples(self) -> int:
+        return self.blocks.shape[0]
+
+    @property
     def num_target_tokens(self) -> int:
-        """Supervised tokens: every tail position but padding and each block's <sep> is a target token."""
-        return int(((self.block >= 0) & (self.offset > 0)).sum())
+        """Supervised tokens: every block position but its <sep>; read on the CPU tensors, no device sync."""
+        return int(self.block_len.sum()) - self.num_examples
 
 
 def padded_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -164,38 +164,32 @@ class GenRecModel(nn.Module):
                       target_index.expand_as(label_mask)[label_mask])
 
     def packed_layout(self, batch: PackedSFTBatch) -> Layout:
-        """A packed batch as decoder inputs: ``<bos>``, the row's prompt vectors (the padded width of them), then
-        the tail's block slots; a :class:`PackedAttention` plan and per-position ids (see :class:`PackedSFTBatch`)."""
+        """A packed batch as ONE decoder sequence: every row's prompt (``<bos>`` and its prompt vectors, padded to
+        the widest), then every block (padded to the longest); a :class:`PackedAttention` plan says who sees what,
+        and position ids restart per prompt and continue each block from its history prefix."""
         items, n_items = self.prompt_items(batch.history, batch.history_len)
         rows, width = items.shape[:2]
         per_item = 1 if self.merger is not None else self.vocab.levels  # prompt vectors per history item
         bos = self._input_embeddings.weight[self.token_offset + BOS].to(items.dtype).expand(rows, 1, -1)
-        inputs = torch.cat([bos, items, self.embed_tokens(batch.tail).to(items.dtype)], 1)
-        device, tail_len = items.device, batch.tail.shape[1]
-        real = batch.block >= 0
+        prompts = torch.cat([bos, items], 1)  # [R, P, H]
+        blocks = self.embed_tokens(batch.blocks).to(items.dtype)  # [K, W, H]
+        inputs = torch.cat([prompts.flatten(0, 1), blocks.flatten(0, 1)])[None]
+        device, (k, w) = items.device, batch.blocks.shape
         prefix = batch.prefix_len * per_item  # prompt vectors a block sees
-        j = torch.arange(width, device=device)
-        positions = torch.cat([torch.zeros(rows, 1, dtype=torch.int64, device=device), (j + 1).expand(rows, -1),
-                               torch.where(real, 1 + prefix + batch.offset, 0)], 1)
-        # the prompt attends causally to itself; a block's slot to <bos>, its own history prefix and causally to
-        # itself (packed_attention.py: no [S, S] mask, no block scoring another block)
-        prompt, w = 1 + width, batch.block_width
-        slots = tail_len // w
-        slot_real = real.view(rows, slots, w)
-        k = torch.arange(prompt, device=device)
-        sees_prompt = (k == 0) | (k - 1 < prefix.view(rows, slots, w)[:, :, :1])  # [R, slots, prompt]
+        p = torch.arange(1 + width, device=device)
         i = torch.arange(w, device=device)
-        sees_own = (i[None, :] <= i[:, None]) & slot_real[:, :, None, :]  # [R, slots, w, w]
-        mask = torch.cat([sees_prompt[:, :, None, :].expand(rows, slots, w, prompt), sees_own], -1)
-        plan = PackedAttention(prompt, slots, w, mask.view(rows * slots, 1, w, prompt + w))
-        # the position that predicts each target token: the one before it in the same block
-        nxt = torch.cat([batch.block[:, 1:], torch.full_like(batch.block[:, :1], -1)], 1)
-        nxt_offset = torch.cat([batch.offset[:, 1:], torch.zeros_like(batch.offset[:, :1])], 1)
-        predicts = real & (nxt == batch.block) & (nxt_offset > 0)
-        label_mask = torch.cat([torch.zeros(rows, 1 + width, dtype=torch.bool, device=device), predicts], 1)
-        labels = torch.cat([batch.tail[:, 1:], batch.tail[:, :1]], 1)[predicts]
-        return Layout(inputs, plan, n_items + 2, label_mask, labels, batch.offset[predicts], positions,
-                      (1 + n_items).sum() + real.sum())
+        positions = torch.cat([p.repeat(rows), (1 + prefix[:, None] + i).flatten()])[None]
+        real = i < batch.block_len[:, None]  # [K, W]
+        sees_prompt = (p == 0) | (p - 1 < prefix[:, None])  # [K, P]: <bos> and the block's own history prefix
+        sees_own = (i[None, :] <= i[:, None]) & real[:, None, :]  # [K, W, W]: causal within the block
+        mask = torch.cat([sees_prompt[:, None, :].expand(k, w, 1 + width), sees_own], -1)[:, None]
+        plan = PackedAttention(rows, 1 + width, batch.block_row, mask)
+        # block position o (<sep> = 0) predicts the block's token o + 1
+        predicts = i < batch.block_len[:, None] - 1
+        label_mask = torch.cat([torch.zeros(rows * (1 + width), dtype=torch.bool, device=device), predicts.flatten()])
+        labels = torch.cat([batch.blocks[:, 1:], batch.blocks[:, :1]], 1)[predicts]
+        return Layout(inputs, plan, n_items + 2, label_mask[None], labels, i.expand(k, -1)[predicts], positions,
+                      (1 + n_items).sum() + batch.block_len.sum())
 
     def prompt_inputs(self, history: Tensor, history_len: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Left-padded prompts for generation: (inputs_embeds [B, P, H], attention_mask [B, P], position_ids),

@@ -1,20 +1,20 @@
-"""Attention for shared-prefix packed rows without the dense ``[S, S]`` block mask.
+"""Attention for shared-prefix packed SFT without a dense ``[S, S]`` block mask.
 
 Why: a packed row is ``<bos>``, the history, then many sample blocks (a 10-item page is 32 positions). Under one
-dense block-causal mask every block also scores every other block's positions only to mask them out: for a row of
-50 history vectors and 30 page blocks, 95% of the ``S^2`` scores are wasted, and for small models that attention
-cost more than the sharing saved (packed page logs trained no faster than unpacked). Here the row is laid out with
-each block in its own slot of ``block_width`` positions (``collate_packed``), and attention is two dense SDPA calls
-with no waste beyond padding:
+dense block-causal mask every block also scores every other block's positions only to mask them out: for 50
+history vectors and 30 page blocks, 95% of the ``S^2`` scores are wasted, and for small models that attention
+cost more than the sharing saved (packed page logs trained no faster than unpacked). Here a packed batch is one
+decoder sequence, every row's prompt (``<bos>`` + history vectors, padded to the widest) then every block (padded
+to the longest, listed flat with its row; ``GenRecModel.packed_layout``), and attention is two dense SDPA calls
+whose only waste is that padding:
 
-* the prompt (``<bos>`` + history vectors) attends causally to itself;
-* each block's queries attend to the prompt's keys (the first ``1 + prefix`` of them: ``<bos>`` and its own
-  history prefix) and causally to its own slot; the prompt's keys and values are broadcast to the blocks, as a
+* each prompt attends causally to itself;
+* each block's queries attend to its row's prompt keys (the first ``1 + prefix`` of them: ``<bos>`` and its own
+  history prefix) and causally to its own positions; the prompt's keys and values are gathered per block, as a
   shared prompt KV is in serving.
 
 It plugs into the Hugging Face decoder as a registered attention function, switched on only while a packed batch
-runs (:func:`packed_attention_enabled`): the mask argument the decoder passes down is then a
-:class:`PackedAttention` plan instead of a tensor.
+runs (:func:`packed_attention_enabled`): the mask the decoder passes down is then a :class:`PackedAttention` plan.
 """
 
 from __future__ import annotations
@@ -32,16 +32,14 @@ NAME = "genrec_packed"
 
 @dataclass(frozen=True)
 class PackedAttention:
-    """Where a packed batch's prompt and block slots lie, and what each block query may see.
+    """The layout of a packed batch's one decoder sequence: ``rows`` prompts of ``prompt`` positions, then ``K``
+    blocks of ``W`` positions; block ``b`` reads row ``block_row[b]``'s prompt. ``mask[b, 0, i, k]``: whether
+    block position ``i`` sees key ``k``, keys being its row's prompt then the block's own positions."""
 
-    A row of the decoder's input is ``prompt`` positions (``<bos>`` + history vectors), then ``blocks`` slots of
-    ``block_width`` positions each. ``mask[r * blocks + b, 0, i, k]``: whether slot ``b``'s position ``i`` of row
-    ``r`` sees key ``k``, keys being the row's prompt then the slot's own positions."""
-
+    rows: int
     prompt: int
-    blocks: int
-    block_width: int
-    mask: Tensor  # bool [R * blocks, 1, block_width, prompt + block_width]
+    block_row: Tensor  # int64 [K]
+    mask: Tensor  # bool [K, 1, W, prompt + W]
 
 
 def _repeat_kv(x: Tensor, groups: int) -> Tensor:
@@ -54,29 +52,29 @@ def _repeat_kv(x: Tensor, groups: int) -> Tensor:
 
 def packed_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: PackedAttention,
                              dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
-    """The attention function transformers calls per layer (``query`` ``[R, H, S, D]``, ``key``/``value``
-    ``[R, Hkv, S, D]``); returns ``[R, S, H, D]`` as its SDPA function does."""
+    """The attention function transformers calls per layer (``query`` ``[1, H, S, D]``, ``key``/``value``
+    ``[1, Hkv, S, D]``); returns ``[1, S, H, D]`` as its SDPA function does."""
     plan = attention_mask
     groups = getattr(module, "num_key_value_groups", 1)
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    rows, heads, _, dim = query.shape
-    p, nb, w = plan.prompt, plan.blocks, plan.block_width
-    prompt_out = F.scaled_dot_product_attention(query[:, :, :p], key[:, :, :p], value[:, :, :p], is_causal=True,
+    k, w = plan.mask.shape[0], plan.mask.shape[2]
+    split = plan.rows * plan.prompt
+
+    def prompts(x: Tensor) -> Tensor:  # [1, H, S, D] -> [R, H, P, D]
+        return x[0, :, :split].unflatten(1, (plan.rows, plan.prompt)).transpose(0, 1)
+
+    def blocks(x: Tensor) -> Tensor:  # [1, H, S, D] -> [K, H, W, D]
+        return x[0, :, split:].unflatten(1, (k, w)).transpose(0, 1)
+
+    prompt_keys, prompt_values = prompts(key), prompts(value)
+    prompt_out = F.scaled_dot_product_attention(prompts(query), prompt_keys, prompt_values, is_causal=True,
                                                 dropout_p=dropout, scale=scaling)
-    if nb == 0:
-        return prompt_out.transpose(1, 2).contiguous(), None
-
-    def slots(x: Tensor) -> Tensor:  # [R, H, P + nb*w, D] -> [R*nb, H, w, D]
-        return x[:, :, p:].reshape(rows, heads, nb, w, dim).transpose(1, 2).reshape(rows * nb, heads, w, dim)
-
-    def with_prompt(x: Tensor) -> Tensor:  # each slot's keys: the row's prompt, then its own positions
-        shared = x[:, None, :, :p].expand(rows, nb, heads, p, dim).reshape(rows * nb, heads, p, dim)
-        return torch.cat([shared, slots(x)], 2)
-
-    block_out = F.scaled_dot_product_attention(slots(query), with_prompt(key), with_prompt(value),
-                                               attn_mask=plan.mask, dropout_p=dropout, scale=scaling)
-    block_out = block_out.reshape(rows, nb, heads, w, dim).transpose(1, 2).reshape(rows, heads, nb * w, dim)
-    return torch.cat([prompt_out, block_out], 2).transpose(1, 2).contiguous(), None
+    block_out = F.scaled_dot_product_attention(
+        blocks(query), torch.cat([prompt_keys[plan.block_row], blocks(key)], 2),
+        torch.cat([prompt_values[plan.block_row], blocks(value)], 2), attn_mask=plan.mask, dropout_p=dropout,
+        scale=scaling)
+    out = torch.cat([prompt_out.transpose(0, 1).flatten(1, 2), block_out.transpose(0, 1).flatten(1, 2)], 1)
+    return out[None].transpose(1, 2).contiguous(), None  # [1, S, H, D]
 
 
 AttentionInterface.register(NAME, packed_attention_forward)

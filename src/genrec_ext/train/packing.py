@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..model.batch import PackedSFTBatch
+from ..model.batch import PackedSFTBatch, padded_rows
 from ..sid.vocab import PAD, SEP
 from .batching import SFTDataset
 
@@ -155,26 +155,17 @@ class PackedSFTDataset(torch.utils.data.Dataset):
 
 
 def collate_packed(rows: list[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]) -> PackedSFTBatch | None:
-    """Packed rows as one batch, each block in a slot as wide as the batch's longest block (so attention can run
-    per slot, :mod:`genrec_ext.model.packed_attention`); None for no rows (a rank's share of a step may leave a
-    micro-batch empty)."""
+    """Packed rows as one batch: the rows' histories, and all their blocks listed flat; None for no rows (a rank's
+    share of a step may leave a micro-batch empty)."""
     if not rows:
         return None
     levels = rows[0][0].shape[1] if rows[0][0].ndim == 2 else 1
-    n = max(1, max(len(h) for h, _ in rows))
-    width = max(1 + len(y) for _, blocks in rows for _, y in blocks)  # <sep> + target
-    slots = max(len(blocks) for _, blocks in rows)
-    history = np.full((len(rows), n, levels), PAD, dtype=np.int64)
-    tail = np.full((len(rows), slots, width), PAD, dtype=np.int64)
-    block = np.full((len(rows), slots, width), -1, dtype=np.int64)
-    prefix = np.zeros((len(rows), slots, width), dtype=np.int64)
-    for r, (h, blocks) in enumerate(rows):
+    history = np.full((len(rows), max(1, max(len(h) for h, _ in rows)), levels), PAD, dtype=np.int64)
+    for r, (h, _) in enumerate(rows):
         history[r, : len(h)] = h
-        for b, (p, y) in enumerate(blocks):
-            tail[r, b, 0], tail[r, b, 1: 1 + len(y)] = SEP, y
-            block[r, b, : 1 + len(y)] = b
-            prefix[r, b] = p
-    offset = np.broadcast_to(np.arange(width), tail.shape).copy()
+    members = [(r, p, y) for r, (_, blocks) in enumerate(rows) for p, y in blocks]
+    blocks, block_len = padded_rows([np.concatenate([[SEP], y]) for _, _, y in members])
+    blocks[blocks < 0] = PAD
     return PackedSFTBatch(torch.from_numpy(history), torch.tensor([len(h) for h, _ in rows]),
-                          *(torch.from_numpy(a.reshape(len(rows), -1)) for a in (tail, block, offset, prefix)),
-                          num_examples=sum(len(b) for _, b in rows), block_width=width)
+                          torch.from_numpy(blocks), torch.from_numpy(block_len),
+                          torch.tensor([r for r, _, _ in members]), torch.tensor([p for _, p, _ in members]))
