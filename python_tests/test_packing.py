@@ -60,7 +60,7 @@ def _grads(model):
 @pytest.mark.parametrize("cap", [None, 4])
 def test_packed_loss_and_gradients_equal_the_unpacked_ones(task, objective, token_merger, cap):
     ds = _dataset(task, objective, cap)
-    units = 1 if token_merger else 2
+    units = 1 if token_merger else ds.vocab.levels  # prompt vectors per history item
     plan = plan_packs(ds, units_per_item=units, pack_tokens=200)
     packed = PackedSFTDataset(ds, plan)
     rng = np.random.default_rng(0)
@@ -73,6 +73,10 @@ def test_packed_loss_and_gradients_equal_the_unpacked_ones(task, objective, toke
     batch_p = collate_packed([packed[int(p)] for p in rows])
     batch_u = collate([ds[int(i)] for i in members])
     assert batch_p.num_target_tokens == batch_u.num_target_tokens and batch_p.num_examples == len(members)
+    # one decoder sequence: every row's prompt once, then every block, none padded to another row's block count
+    lay = model.layout(batch_p)
+    width = int(batch_p.history_len.max()) * units
+    assert lay.inputs_embeds.shape[:2] == (1, len(rows) * (1 + width) + len(members) * batch_p.blocks.shape[1])
     out_p = model(batch_p)
     out_p.loss.backward()
     grads_p = _grads(model)
