@@ -113,6 +113,23 @@ def test_rewards_are_matched_to_rollouts_by_index(task, sft_dir, rm_dir):
     torch.testing.assert_close(back.advantages.flip(0), roll.advantages)
 
 
+def test_teacher_forcing_encodes_each_prompt_once_with_the_hidden_states_of_one_row_per_target(task, sft_dir):
+    from genrec_ext.train import SFTBatch
+
+    model = _policy(sft_dir).double()
+    queries, batch = _batch(task, [3, 11, 20])
+    query = torch.tensor([0, 0, 0, 1, 2, 2, 1])  # several targets per prompt, in any order
+    codes = queries.codes[torch.arange(7) * 5]
+    tokens = model.vocab.tokens(codes)
+    packed = teacher_forced_hidden(model, batch["history"], batch["history_len"], tokens, query)
+    levels = model.vocab.levels
+    one_per_row = SFTBatch(batch["history"][query], batch["history_len"][query], tokens,
+                           torch.full((7,), levels))
+    lay = model.layout(one_per_row)
+    want = model.hidden_states(lay.inputs_embeds, lay.attention_mask)[lay.label_mask].view(7, levels, -1)
+    torch.testing.assert_close(packed, want, rtol=1e-9, atol=1e-10)
+
+
 def test_step_loss_equals_a_hand_computation_from_materialised_logits(task, sft_dir, rm_dir):
     torch.manual_seed(0)
     model = _policy(sft_dir)

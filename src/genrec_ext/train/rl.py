@@ -75,15 +75,14 @@ from .._config import check, from_mapping
 from ..data import DEFAULT_MAX_HISTORY
 from ..decoding import beam_search, level_logits
 from ..model import hf_progress_bars
-from ..model.batch import history_prompts, padded_rows
+from ..model.batch import PackedSFTBatch, history_prompts, padded_rows
 from ..nn import GRPOSRLoss
 from ..ops import grpo_sr_loss
 from ..reward import group_advantages
 from ..sid import SIDTable, SIDTrie, SIDVocab, sid_codes_for
-from ..sid.vocab import PAD
+from ..sid.vocab import PAD, SEP
 from . import checkpoint as ckpt
 from . import distributed as D
-from .batching import SFTBatch
 from .metrics import METRICS_FILE, MetricsLogger, read_metrics, truncate_metrics
 from .sampling import epoch_order
 from .sft import CONFIG_FILE, MODEL_DIR, _seed_everything
@@ -232,14 +231,21 @@ class RolloutBatch:
     zero_std_share: float
 
 
-def teacher_forced_hidden(model, history: Tensor, history_len: Tensor, targets: Tensor) -> Tensor:
-    """Final hidden states ``[M, L, H]`` at the L positions that predict each target SID's tokens
-    (``targets`` ``[M, L]`` token ids, one point-wise target per row; ``history`` ``[M, N, L]``)."""
+def teacher_forced_hidden(model, history: Tensor, history_len: Tensor, targets: Tensor,
+                          query: Tensor | None = None) -> Tensor:
+    """Final hidden states ``[M, L, H]`` at the L positions that predict each target SID's tokens (``targets``
+    ``[M, L]`` token ids, one point-wise target per row) after the prompt of history row ``query[m]``
+    (``history`` ``[Q, N, L]``; default: row m). Laid out packed: each prompt is encoded once, however many of a
+    query's rollouts and positives read it (G + |D+| rows per query), with the loss of one row per target."""
     m, levels = targets.shape
-    batch = SFTBatch(history, history_len, targets, torch.full((m,), levels, dtype=torch.int64,
-                                                                 device=targets.device))
+    device = targets.device
+    query = torch.arange(m, device=device) if query is None else query
+    blocks = torch.cat([torch.full((m, 1), SEP, dtype=targets.dtype, device=device), targets], 1)
+    batch = PackedSFTBatch(history, history_len, blocks, torch.full((m,), levels + 1, device=device), query,
+                           history_len[query])
     lay = model.layout(batch)
-    return model.hidden_states(lay.inputs_embeds, lay.attention_mask)[lay.label_mask].view(m, levels, -1)
+    hidden = model.hidden_states(lay.inputs_embeds, lay.attention_mask, lay.position_ids)
+    return hidden[lay.label_mask].view(m, levels, -1)
 
 
 def level_heads(model) -> list[tuple[Tensor, Tensor | None]]:
@@ -284,11 +290,11 @@ def grpo_sr_step_loss(model, history: Tensor, history_len: Tensor, codes: Tensor
     seq_codes = rows["codes"].clamp(min=0)
     query = torch.cat([torch.arange(q, device=codes.device).repeat_interleave(g), pq])
     tokens = model.vocab.tokens(seq_codes)
-    hidden = teacher_forced_hidden(model, history[query], history_len[query], tokens)  # [R, L, H]
+    hidden = teacher_forced_hidden(model, history, history_len, tokens, query)  # [R, L, H]
     ref_logp = None
     if beta and ref_model is not None:
         with torch.no_grad():
-            ref_hidden = teacher_forced_hidden(ref_model, history[query], history_len[query], tokens)
+            ref_hidden = teacher_forced_hidden(ref_model, history, history_len, tokens, query)
             ref_logp = torch.stack([torch.log_softmax(level_logits(ref_model, ref_hidden[:, l], l).float(), -1)
                                     .gather(1, seq_codes[:, l:l + 1]).squeeze(1) for l in range(levels)], 1)
     policy_coef = rows["advantages"] * rows["rollout_weight"]
