@@ -42,6 +42,15 @@ class PackPlan:
     prefix: np.ndarray  # int64 [M] history items each member sees
     lengths: np.ndarray  # int64 [P] positions of each row: <bos> + history vectors + blocks
     unpacked_lengths: np.ndarray  # int64 [M] positions each member takes laid out alone (<bos>, history, <sep>, target)
+    block_lengths: np.ndarray  # int64 [M] positions of each member's block (<sep> + target)
+    units_per_item: int = 1  # prompt vectors per history item
+
+    def row_shapes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: prompt positions (``<bos>`` + history vectors), blocks, and its widest block: what a
+        micro-batch of rows is padded by (``GenRecModel.packed_layout`` pads prompts and blocks to the widest)."""
+        starts = self.offsets[:-1]
+        prompt = 1 + np.maximum.reduceat(self.prefix, starts) * self.units_per_item
+        return prompt, np.diff(self.offsets), np.maximum.reduceat(self.block_lengths, starts)
 
     def history_len(self, p: int) -> int:
         """History items of row ``p`` (its longest member's)."""
@@ -132,7 +141,7 @@ def plan_packs(dataset: SFTDataset, *, units_per_item: int = 1, pack_tokens: int
     members_a = np.asarray(members, dtype=np.int64)
     return PackPlan(members_a, np.asarray(offsets, dtype=np.int64), np.asarray(base, dtype=np.int64),
                     np.asarray(prefix, dtype=np.int64), np.asarray(lengths, dtype=np.int64),
-                    (2 + capped_len * units_per_item + blocks - 1)[members_a])
+                    (2 + capped_len * units_per_item + blocks - 1)[members_a], blocks[members_a], units_per_item)
 
 
 class PackedSFTDataset(torch.utils.data.Dataset):
