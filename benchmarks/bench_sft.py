@@ -6,6 +6,7 @@ example per row (whole training runs on real data).
     python benchmarks/bench_sft.py --packing             # packed vs unpacked SFT (Scientific + synthetic pages)
     python benchmarks/bench_sft.py --packing --curves    # + a 20-epoch tiny run on Scientific both ways
     python benchmarks/bench_sft.py --stride-quality      # what the history stride costs in quality (3 seeds)
+    python benchmarks/bench_sft.py --rl                  # GRPO-SR teacher forcing: one prompt per query vs per row
 
 Token Merger. Prefill: one forward pass over the prompt (<bos>, history, <sep>) of a batch, the serving cost
 the Token Merger targets (N + 2 positions instead of L*N + 2). Training: forward + backward of page-wise NTP on
@@ -28,6 +29,11 @@ windows and packed with the stride, for ``--seeds`` (the synthetic Table 1 recip
 2, validation on every validation page), and tests each selected model once: HR@10 / NDCG@10, mean and std.
 ``--modes`` runs a subset (two processes can split the modes; every run's row is kept as JSON and the table is
 rebuilt from all of them).
+
+RL teacher forcing (``--rl``). A GRPO-SR step teacher-forces G rollouts and |D+| positives per query after the
+query's prompt (``genrec_ext.train.rl.teacher_forced_hidden``): laid out packed (the prompt once per query, each
+target a block reading it) against one row per target (the prompt G + |D+| times). Forward + backward of the
+hidden states, Q = 16 queries, G = 8, |D+| = 3, ``--histories`` items, 4 SID levels, interleaved timing.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import benchmark_parser, machine_description, measure, parse_ints, print_row, write_table  # noqa: E402
+from common import (benchmark_parser, machine_description, measure, measure_interleaved, parse_ints,  # noqa: E402
+                    print_row, write_table)
 
 from genrec_ext.model import build_model  # noqa: E402
 from genrec_ext.sid import SIDVocab  # noqa: E402
@@ -215,11 +222,51 @@ def stride_quality_main(args) -> None:
                 "every validation page, tested once (beam 50). stride: history_stride 25.")
 
 
+def rl_main(args) -> None:
+    from genrec_ext.train.rl import teacher_forced_hidden
+
+    vocab = SIDVocab((64, 64, 64, 8))
+    gen = torch.Generator().manual_seed(0)
+    queries, groups, positives = 16, 8, 3
+    rows = []
+    for preset in args.presets:
+        model = build_model(preset, vocab, seed=0).to(args.device)
+        for history in args.histories:
+            def codes(n):
+                return torch.stack([torch.randint(k, (n,), generator=gen) for k in vocab.level_sizes], -1)
+
+            hist = vocab.tokens(torch.stack([codes(history) for _ in range(queries)])).to(args.device)
+            hist_len = torch.full((queries,), history, device=args.device)
+            query = torch.arange(queries, device=args.device).repeat_interleave(groups + positives)
+            targets = vocab.tokens(codes(len(query))).to(args.device)
+
+            def packed():
+                teacher_forced_hidden(model, hist, hist_len, targets, query).sum().backward()
+
+            def one_per_row():
+                batch = SFTBatch(hist[query], hist_len[query], targets, torch.full_like(query, vocab.levels))
+                lay = model.layout(batch)
+                model.hidden_states(lay.inputs_embeds, lay.attention_mask)[lay.label_mask].sum().backward()
+
+            ms = measure_interleaved({"packed": packed, "one_per_row": one_per_row}, args.device,
+                                     budget_s=args.budget, rounds=3)
+            row = {"preset": preset, "history": history, "rows": len(query), "one_per_row_ms": ms["one_per_row"],
+                   "packed_ms": ms["packed"], "speedup": ms["one_per_row"] / ms["packed"]}
+            rows.append(row)
+            print_row(row)
+    write_table(rows, ["preset", "history", "rows", "one_per_row_ms", "packed_ms", "speedup"],
+                "GRPO-SR teacher forcing: one prompt per query (packed) vs one per row",
+                args.out / f"rl_teacher_forcing_{args.device}",
+                f"{machine_description(args.device)}; fp32; forward + backward of the final hidden states of "
+                f"{queries} queries x ({groups} rollouts + {positives} positives), 4 SID levels, Token Merger on.")
+
+
 def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--packing", action="store_true", help="packed vs unpacked training runs (see above)")
     ap.add_argument("--curves", action="store_true", help="with --packing: the 20-epoch tiny run on Scientific")
     ap.add_argument("--stride-quality", action="store_true", help="the history stride's quality (see above)")
+    ap.add_argument("--rl", action="store_true", help="GRPO-SR teacher forcing, packed vs one row per target")
     ap.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="--stride-quality: seeds")
     ap.add_argument("--modes", default=",".join(STRIDE_MODES), help="--stride-quality: which of unpacked, packed, stride")
     ap.add_argument("--presets", default="tiny,small", help="--packing: model presets")
@@ -234,6 +281,10 @@ def main() -> None:
     ap.add_argument("--page", type=int, default=10)
     ap.add_argument("--budget", type=float, default=1.0)
     args = ap.parse_args()
+    if args.rl:
+        args.presets = args.presets.split(",")
+        rl_main(args)
+        return
     if args.stride_quality:
         args.modes = args.modes.split(",")
         stride_quality_main(args)
