@@ -91,11 +91,14 @@ def packing_tasks(args) -> dict:
 
 
 def packing_main(args) -> None:
+    import shutil
+    import tempfile
     import time
 
     from genrec_ext.train import SFTConfig, make_sft_dataset, train_sft
 
     rows = []
+    runs = Path(tempfile.mkdtemp(prefix="bench_sft_"))  # checkpoints and models: not results
     for name, (task, objective) in packing_tasks(args).items():
         ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
         for preset in args.presets:
@@ -104,7 +107,7 @@ def packing_main(args) -> None:
             for key, packing, history_stride in (("unpacked", False, None), ("packed", True, None),
                                                  ("stride", True, stride)):
                 model = build_model(preset, ds.vocab, seed=0)
-                config = SFTConfig(out_dir=str(args.out / "runs" / f"{name}_{preset}_{key}".replace(" ", "_")),
+                config = SFTConfig(out_dir=str(runs / f"{name}_{preset}_{key}".replace(" ", "_")),
                                    packing=packing, history_stride=history_stride,
                                    global_batch_size=args.global_batch, max_steps=args.steps, log_every=args.steps,
                                    lr=3e-3, plot=False, overwrite=True, device=args.device)
@@ -119,6 +122,7 @@ def packing_main(args) -> None:
                 if packing:
                     result[f"{key}_setup_s"] = setup
                     result[f"{key}_position_ratio"] = saved["positions_unpacked"] / saved["positions_packed"]
+            shutil.rmtree(runs, ignore_errors=True)
             result["stride"] = stride
             result["packed_speedup"] = result["packed_ex_s"] / result["unpacked_ex_s"]
             result["stride_speedup"] = result["stride_ex_s"] / result["unpacked_ex_s"]

@@ -14,6 +14,8 @@ from genrec_ext.train import collate, make_sft_dataset
 from genrec_ext.train.packing import PackedSFTDataset, collate_packed, plan_packs
 from genrec_ext.train.sampling import PackedBatchPlan
 
+from .conftest import requires_cuda
+
 WORLD = {"num_items": 150, "num_users": 60, "seed": 0}
 
 
@@ -92,6 +94,29 @@ def test_packed_loss_and_gradients_equal_the_unpacked_ones(task, objective, toke
     # its blocks and rounded to float32 once, each unpacked copy's separately (seen: 7e-9 at |grad| ~0.4)
     for name in grads_u:
         torch.testing.assert_close(grads_p[name], grads_u[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+@requires_cuda
+@pytest.mark.parametrize("objective", ["page", "point"])
+def test_packed_attention_on_cuda_gives_the_unpacked_loss_and_gradients(task, objective):
+    # the two SDPA calls of packed_attention.py on CUDA kernels (with a boolean mask), fp32 and under bf16 autocast
+    ds = _dataset(task, objective, 4)
+    plan = plan_packs(ds, units_per_item=1, pack_tokens=200)
+    packed = PackedSFTDataset(ds, plan)
+    rows = np.flatnonzero(np.diff(plan.offsets) > 1)[:12]
+    members = np.concatenate([plan.members[plan.offsets[p]:plan.offsets[p + 1]] for p in rows])
+    model = build_model("tiny", ds.vocab, seed=0).cuda()
+    batch_p = collate_packed([packed[int(p)] for p in rows]).to("cuda")
+    batch_u = collate([ds[int(i)] for i in members]).to("cuda")
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            loss_p, loss_u = model(batch_p).loss, model(batch_u).loss
+        grads_p = torch.autograd.grad(loss_p, list(model.parameters()), allow_unused=True)
+        grads_u = torch.autograd.grad(loss_u, list(model.parameters()), allow_unused=True)
+        torch.testing.assert_close(loss_p, loss_u, rtol=tol, atol=tol)
+        for gp, gu in zip(grads_p, grads_u):
+            if gu is not None:
+                torch.testing.assert_close(gp, gu, rtol=10 * tol, atol=10 * tol)
 
 
 @pytest.mark.parametrize("objective", ["page", "point"])
