@@ -172,7 +172,10 @@ def curves_main(args) -> None:
                      title="SFT loss on Scientific (tiny): unpacked vs packed")
 
 
-STRIDE_MODES = {"unpacked": (False, None), "packed": (True, None), "stride": (True, 25)}
+#: the SFTConfig fields of each --stride-quality mode
+STRIDE_MODES = {"unpacked": {"packing": False}, "packed": {"packing": True},
+                "packed, 4 per row": {"packing": True, "pack_members": 4},
+                "stride": {"packing": True, "history_stride": 25}}
 
 
 def stride_quality_main(args) -> None:
@@ -191,13 +194,12 @@ def stride_quality_main(args) -> None:
     runs = args.out / "stride_quality"
     runs.mkdir(parents=True, exist_ok=True)
     for mode in args.modes:
-        packing, stride = STRIDE_MODES[mode]
         for seed in args.seeds:
             model = build_model("tiny", ds.vocab, seed=seed)
             validate = make_validator(task.splits.valid, task.catalog, task.table, max_queries=None, max_history=50,
                                       seed=seed)
-            config = SFTConfig(out_dir=str(runs / f"{mode}_{seed}"), packing=packing, history_stride=stride,
-                               epochs=12, global_batch_size=64, lr=3e-3, patience=2, seed=seed, plot=False,
+            config = SFTConfig(out_dir=str(runs / f"{mode}_{seed}".replace(", ", "_").replace(" ", "_")),
+                               **STRIDE_MODES[mode], epochs=12, global_batch_size=64, lr=3e-3, patience=2, seed=seed, plot=False,
                                overwrite=True, device=args.device)
             started = time.perf_counter()
             run = train_sft(model, ds, config, progress=False, validate=validate)
@@ -207,7 +209,7 @@ def stride_quality_main(args) -> None:
                    "wall_s": time.perf_counter() - started,
                    **{f"valid_{k}": v for k, v in run.best["metrics"].items()},
                    "test_HR@10": test["HR@10"], "test_NDCG@10": test["NDCG@10"]}
-            (runs / f"{mode}_{seed}.json").write_text(json.dumps(row))
+            (Path(config.out_dir).parent / f"{Path(config.out_dir).name}.json").write_text(json.dumps(row))
             print_row(row)
     rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))]
     metrics = ["valid_HR@10", "valid_NDCG@10", "test_HR@10", "test_NDCG@10", "train_s"]
@@ -223,7 +225,8 @@ def stride_quality_main(args) -> None:
                 args.out / f"sft_stride_quality_{args.device}",
                 f"{machine_description(args.device)}; heavy users' synthetic page logs (HEAVY_USERS, max_history 50), "
                 "tiny preset, page-wise with the Token Merger, 12 epochs, batch 64, lr 3e-3, patience 2, selected on "
-                "every validation page, tested once (beam 50). stride: history_stride 25.")
+                "every validation page, tested once (beam 50). Modes: STRIDE_MODES (4 per row: pack_members 4; stride: "
+                "history_stride 25).")
 
 
 def rl_main(args) -> None:
@@ -272,7 +275,7 @@ def main() -> None:
     ap.add_argument("--stride-quality", action="store_true", help="the history stride's quality (see above)")
     ap.add_argument("--rl", action="store_true", help="GRPO-SR teacher forcing, packed vs one row per target")
     ap.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="--stride-quality: seeds")
-    ap.add_argument("--modes", default=",".join(STRIDE_MODES), help="--stride-quality: which of unpacked, packed, stride")
+    ap.add_argument("--modes", default=";".join(STRIDE_MODES), help=f"--stride-quality: ';'-separated, of {list(STRIDE_MODES)}")
     ap.add_argument("--presets", default="tiny,small", help="--packing: model presets")
     ap.add_argument("--steps", type=int, default=40, help="--packing: optimiser steps per run")
     ap.add_argument("--global-batch", type=int, default=256, help="--packing: examples per step")
@@ -290,7 +293,7 @@ def main() -> None:
         rl_main(args)
         return
     if args.stride_quality:
-        args.modes = args.modes.split(",")
+        args.modes = args.modes.split(";")
         stride_quality_main(args)
         return
     if args.packing:

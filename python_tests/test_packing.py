@@ -197,3 +197,14 @@ def test_steps_are_random_sets_of_rows_cut_by_length_deterministic_and_cover_an_
         plan_packs(ds, pack_tokens=1)
     with pytest.raises(ValueError, match="pack_members must be >= 1"):
         plan_packs(ds, pack_members=0)
+
+
+def test_pack_members_auto_keeps_at_least_16_rows_per_step():
+    from genrec_ext.train import SFTConfig
+
+    assert SFTConfig(global_batch_size=64).members_per_row == 4  # the default, "auto"
+    assert SFTConfig(global_batch_size=256).members_per_row == 16
+    assert SFTConfig(global_batch_size=8).members_per_row == 1
+    assert SFTConfig(pack_members=None).members_per_row is None and SFTConfig(pack_members=3).members_per_row == 3
+    with pytest.raises(ValueError, match="pack_members must be >= 1, 'auto' or None, got 'many'"):
+        SFTConfig(pack_members="many")

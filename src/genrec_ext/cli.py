@@ -556,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share each user's history among its samples in one packed row (default on: 2x faster "
                    "SFT on Scientific at equal validation quality over 3 seeds); --no-packing: one example per row")
     p.add_argument("--pack-tokens", type=int, help="packed row length at most (default 1024 positions)")
-    p.add_argument("--pack-members", type=int, help="samples sharing one packed row at most (default: no cap)")
+    p.add_argument("--pack-members", type=int, help="samples sharing one packed row at most (default: --batch-size / 16, "
+                   "so that a step holds at least 16 rows)")
     p.add_argument("--length-splits", type=int, help="with --packing: micro-batches per step (per --grad-accum slot), "
                    "each of rows of similar length (default 4)")
     p.add_argument("--history-stride", type=int, help="with --packing: a history at the --max-history cap may start "

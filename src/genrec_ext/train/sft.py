@@ -221,7 +221,7 @@ def _train(model, dataset, config: SFTConfig, info: D.DistInfo, *, resume: bool,
     if packed:
         units = 1 if getattr(model, "merger", None) is not None else dataset.vocab.levels  # prompt vectors per item
         dataset = PackedSFTDataset(dataset, plan_packs(dataset, units_per_item=units, pack_tokens=config.pack_tokens,
-                                                      pack_members=config.pack_members,
+                                                      pack_members=config.members_per_row,
                                                       history_stride=config.history_stride))
         plan = PackedBatchPlan.make(dataset.plan, global_batch_size=config.global_batch_size,
                                     grad_accum=config.grad_accum, world_size=info.world_size, seed=config.seed,

@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 from .._config import check, from_mapping
 
+#: with pack_members="auto", a step of packed rows holds at least about this many rows: rows of one user make a
+#: step's gradient less diverse (heavy users' page logs at batch 64: uncapped rows of up to ~20 of a user's samples
+#: cost 3.5% NDCG@10 on every one of 5 seeds; 4 per row matched unpacked; benchmarks/results/sft_packing_cpu.md)
+MIN_ROWS_PER_STEP = 16
+
 #: fields that fix which examples each step sees; a resumed run must keep them.
 DATA_ORDER_FIELDS = ("global_batch_size", "seed", "packing", "pack_tokens", "pack_members", "length_splits",
                       "history_stride")
@@ -34,7 +39,7 @@ class SFTConfig:
     # a stride grid, so sliding windows share rows too: samples then see max_history - stride + 1 .. max_history items
     packing: bool = False
     pack_tokens: int = 1024
-    pack_members: int | None = None
+    pack_members: int | str | None = "auto"  # "auto": global_batch_size // MIN_ROWS_PER_STEP; None: no cap
     length_splits: int = 4
     history_stride: int | None = None
     max_steps: int | None = None  # optimiser steps; when None, `epochs` passes over the data
@@ -70,8 +75,8 @@ class SFTConfig:
             (self.global_batch_size >= 1, f"global_batch_size must be >= 1, got {self.global_batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.pack_tokens >= 2, f"pack_tokens must be >= 2, got {self.pack_tokens}"),
-            (self.pack_members is None or self.pack_members >= 1,
-             f"pack_members must be >= 1 (or None), got {self.pack_members}"),
+            (self.pack_members in (None, "auto") or (isinstance(self.pack_members, int) and self.pack_members >= 1),
+             f"pack_members must be >= 1, 'auto' or None, got {self.pack_members!r}"),
             (self.length_splits >= 1, f"length_splits must be >= 1, got {self.length_splits}"),
             (self.history_stride is None or self.history_stride >= 1,
              f"history_stride must be >= 1 (or None), got {self.history_stride}"),
@@ -86,6 +91,13 @@ class SFTConfig:
             (self.patience >= 0, f"patience must be >= 0, got {self.patience}"),
         ]
         check(checks)
+
+    @property
+    def members_per_row(self) -> int | None:
+        """The cap on samples per packed row that ``pack_members`` stands for (None: no cap)."""
+        if self.pack_members == "auto":
+            return max(1, self.global_batch_size // MIN_ROWS_PER_STEP)
+        return self.pack_members
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SFTConfig:
