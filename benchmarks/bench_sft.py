@@ -5,7 +5,7 @@ example per row (whole training runs on real data).
     python benchmarks/bench_sft.py --device cuda --preset base --dtype bfloat16
     python benchmarks/bench_sft.py --packing             # packed vs unpacked SFT (Scientific + synthetic pages)
     python benchmarks/bench_sft.py --packing --curves    # + a 20-epoch tiny run on Scientific both ways
-    python benchmarks/bench_sft.py --stride-quality      # what the history stride costs in quality (3 seeds)
+    python benchmarks/bench_sft.py --packing-quality      # quality of the packing modes on heavy users (--seeds)
     python benchmarks/bench_sft.py --rl                  # GRPO-SR teacher forcing: one prompt per query vs per row
 
 Token Merger. Prefill: one forward pass over the prompt (<bos>, history, <sep>) of a batch, the serving cost
@@ -23,12 +23,13 @@ the 50-item cap (``HEAVY_USERS``: 40 requests per user; median history 42 items)
 ``--curves`` adds the whole 20-epoch ``tiny`` training on Scientific both ways (validation-selected, as
 `genrec train sft` runs it): wall time, selected validation HR@10 / NDCG@10, and a loss-vs-examples plot.
 
-Stride quality. ``history_stride`` changes what a training sample sees (its last 26..50 items instead of 50), so
-``--stride-quality`` trains the `tiny` page-wise model on the heavy users' page logs unpacked, packed with exact
-windows and packed with the stride, for ``--seeds`` (the synthetic Table 1 recipe: 12 epochs, batch 64, patience
-2, validation on every validation page), and tests each selected model once: HR@10 / NDCG@10, mean and std.
-``--modes`` runs a subset (two processes can split the modes; every run's row is kept as JSON and the table is
-rebuilt from all of them).
+Packing quality (``--packing-quality``). Packing changes which samples share a step (a user's, in one row), and
+``history_stride`` what a sample sees (its last 26..50 items instead of 50). So the `tiny` page-wise model is
+trained on the heavy users' page logs in each of ``QUALITY_MODES`` (unpacked; packed with no cap on a row's samples;
+packed, 4 per row; packed with the stride) for ``--seeds`` (the synthetic Table 1 recipe: 12 epochs, batch 64,
+patience 2, validation on every validation page), and each selected model is tested once: HR@10 / NDCG@10, mean
+and std. ``--modes`` (';'-separated) runs a subset, so processes can split the work; every run's row is kept as
+JSON under ``--out`` and the table is rebuilt from all of them (``--modes ""``: rebuild only).
 
 RL teacher forcing (``--rl``). A GRPO-SR step teacher-forces G rollouts and |D+| positives per query after the
 query's prompt (``genrec_ext.train.rl.teacher_forced_hidden``): laid out packed (the prompt once per query, each
@@ -172,13 +173,13 @@ def curves_main(args) -> None:
                      title="SFT loss on Scientific (tiny): unpacked vs packed")
 
 
-#: the SFTConfig fields of each --stride-quality mode
-STRIDE_MODES = {"unpacked": {"packing": False}, "packed": {"packing": True},
+#: the SFTConfig fields of each --packing-quality mode
+QUALITY_MODES = {"unpacked": {"packing": False}, "packed": {"packing": True},
                 "packed, 4 per row": {"packing": True, "pack_members": 4},
                 "stride": {"packing": True, "history_stride": 25}}
 
 
-def stride_quality_main(args) -> None:
+def packing_quality_main(args) -> None:
     import json
     import time
 
@@ -191,15 +192,15 @@ def stride_quality_main(args) -> None:
     spec = Table1Spec.load(SYNTHETIC)
     task = synthetic_task(HEAVY_USERS, max_history=50, sid=spec.sid, sid_dir=args.out / "sids_synthetic_heavy")
     ds = make_sft_dataset(task.splits.train, task.catalog, task.table, "page", max_history=50)
-    runs = args.out / "stride_quality"
+    runs = args.out / "packing_quality"
     runs.mkdir(parents=True, exist_ok=True)
-    for mode in args.modes:
+    for mode in filter(None, args.modes):  # --modes "": only rebuild the table from the runs kept
         for seed in args.seeds:
             model = build_model("tiny", ds.vocab, seed=seed)
             validate = make_validator(task.splits.valid, task.catalog, task.table, max_queries=None, max_history=50,
                                       seed=seed)
             config = SFTConfig(out_dir=str(runs / f"{mode}_{seed}".replace(", ", "_").replace(" ", "_")),
-                               **STRIDE_MODES[mode], epochs=12, global_batch_size=64, lr=3e-3, patience=2, seed=seed, plot=False,
+                               **QUALITY_MODES[mode], epochs=12, global_batch_size=64, lr=3e-3, patience=2, seed=seed, plot=False,
                                overwrite=True, device=args.device)
             started = time.perf_counter()
             run = train_sft(model, ds, config, progress=False, validate=validate)
@@ -214,18 +215,18 @@ def stride_quality_main(args) -> None:
     rows = [json.loads(f.read_text()) for f in sorted(runs.glob("*.json"))]
     metrics = ["valid_HR@10", "valid_NDCG@10", "test_HR@10", "test_NDCG@10", "train_s"]
     table = []
-    for mode in STRIDE_MODES:
+    for mode in QUALITY_MODES:
         mine = [r for r in rows if r["mode"] == mode]
         if mine:
             table += mine
             table.append({"mode": f"{mode} mean ± std ({len(mine)} seeds)", "seed": "",
                           **{m: f"{np.mean([r[m] for r in mine]):.4f} ± {np.std([r[m] for r in mine]):.4f}"
                              for m in metrics}})
-    write_table(table, ["mode", "seed", "epochs_run", *metrics], "Packed SFT with a history stride: quality",
-                args.out / f"sft_stride_quality_{args.device}",
+    write_table(table, ["mode", "seed", "epochs_run", *metrics], "Packed SFT on heavy users' page logs: quality",
+                args.out / f"sft_packing_quality_{args.device}",
                 f"{machine_description(args.device)}; heavy users' synthetic page logs (HEAVY_USERS, max_history 50), "
                 "tiny preset, page-wise with the Token Merger, 12 epochs, batch 64, lr 3e-3, patience 2, selected on "
-                "every validation page, tested once (beam 50). Modes: STRIDE_MODES (4 per row: pack_members 4; stride: "
+                "every validation page, tested once (beam 50). Modes: QUALITY_MODES (4 per row: pack_members 4; stride: "
                 "history_stride 25).")
 
 
@@ -272,10 +273,11 @@ def main() -> None:
     ap = benchmark_parser(__doc__)
     ap.add_argument("--packing", action="store_true", help="packed vs unpacked training runs (see above)")
     ap.add_argument("--curves", action="store_true", help="with --packing: the 20-epoch tiny run on Scientific")
-    ap.add_argument("--stride-quality", action="store_true", help="the history stride's quality (see above)")
+    ap.add_argument("--packing-quality", action="store_true", help="quality of the packing modes (see above)")
     ap.add_argument("--rl", action="store_true", help="GRPO-SR teacher forcing, packed vs one row per target")
-    ap.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="--stride-quality: seeds")
-    ap.add_argument("--modes", default=";".join(STRIDE_MODES), help=f"--stride-quality: ';'-separated, of {list(STRIDE_MODES)}")
+    ap.add_argument("--seeds", type=parse_ints, default=[0, 1, 2], help="--packing-quality: seeds")
+    ap.add_argument("--modes", default=";".join(QUALITY_MODES),
+                    help=f"--packing-quality: ';'-separated, of {list(QUALITY_MODES)}")
     ap.add_argument("--presets", default="tiny,small", help="--packing: model presets")
     ap.add_argument("--steps", type=int, default=40, help="--packing: optimiser steps per run")
     ap.add_argument("--global-batch", type=int, default=256, help="--packing: examples per step")
@@ -292,9 +294,9 @@ def main() -> None:
         args.presets = args.presets.split(",")
         rl_main(args)
         return
-    if args.stride_quality:
+    if args.packing_quality:
         args.modes = args.modes.split(";")
-        stride_quality_main(args)
+        packing_quality_main(args)
         return
     if args.packing:
         args.presets, args.datasets = args.presets.split(","), args.datasets.split(",")
