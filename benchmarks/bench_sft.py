@@ -174,9 +174,9 @@ def curves_main(args) -> None:
 
 
 #: the SFTConfig fields of each --packing-quality mode
-QUALITY_MODES = {"unpacked": {"packing": False}, "packed": {"packing": True},
+QUALITY_MODES = {"unpacked": {"packing": False}, "packed, no cap": {"packing": True, "pack_members": None},
                 "packed, 4 per row": {"packing": True, "pack_members": 4},
-                "stride": {"packing": True, "history_stride": 25}}
+                "stride 25, no cap": {"packing": True, "pack_members": None, "history_stride": 25}}
 
 
 def packing_quality_main(args) -> None:
@@ -222,12 +222,19 @@ def packing_quality_main(args) -> None:
             table.append({"mode": f"{mode} mean ± std ({len(mine)} seeds)", "seed": "",
                           **{m: f"{np.mean([r[m] for r in mine]):.4f} ± {np.std([r[m] for r in mine]):.4f}"
                              for m in metrics}})
+    from genrec_ext.baselines import MostPop, evaluate_recommender
+
+    popular = MostPop()
+    popular.fit(task, progress=False)
+    floor = {split: evaluate_recommender(popular, task, split, ks=(10,), progress=False) for split in ("valid", "test")}
+    table.append({"mode": "MostPop (the floor)", "seed": "", **{f"{split}_{m}": round(floor[split][m], 4)
+                                                                 for split in floor for m in ("HR@10", "NDCG@10")}})
     write_table(table, ["mode", "seed", "epochs_run", *metrics], "Packed SFT on heavy users' page logs: quality",
                 args.out / f"sft_packing_quality_{args.device}",
                 f"{machine_description(args.device)}; heavy users' synthetic page logs (HEAVY_USERS, max_history 50), "
                 "tiny preset, page-wise with the Token Merger, 12 epochs, batch 64, lr 3e-3, patience 2, selected on "
-                "every validation page, tested once (beam 50). Modes: QUALITY_MODES (4 per row: pack_members 4; stride: "
-                "history_stride 25).")
+                "every validation page, tested once (beam 50). Modes: QUALITY_MODES (no cap: pack_members None; 4 per "
+                "row: pack_members 4, what 'auto' gives at batch 64; stride 25: history_stride 25).")
 
 
 def rl_main(args) -> None:
