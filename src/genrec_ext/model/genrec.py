@@ -220,8 +220,9 @@ class GenRecModel(nn.Module):
         if isinstance(attention_mask, PackedAttention):
             # a prepared mask mapping reaches every layer's attention function as is
             with packed_attention_enabled(self.backbone.config):
-                return self.backbone.model(inputs_embeds=inputs_embeds, attention_mask={"full_attention": attention_mask},
-                                           position_ids=position_ids, use_cache=False).last_hidden_state
+                out = self.backbone.model(inputs_embeds=inputs_embeds, position_ids=position_ids, use_cache=False,
+                                          attention_mask={"full_attention": attention_mask})
+            return out.last_hidden_state
         out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.long(),
                                   position_ids=position_ids, use_cache=False)
         return out.last_hidden_state

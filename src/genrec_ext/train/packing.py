@@ -13,9 +13,9 @@ window that starts later is no prefix of the earlier ones, so it begins a new ro
 ``history_stride`` (opt-in; the one approximation): a sliding window shares nothing, so a user with long
 histories gains little from exact packing (page logs whose histories reach the cap: 1.27x fewer positions).
 With a stride S, a history cut by the cap starts at the next multiple of S in the user's click stream instead
-of exactly ``max_history`` items back, so every sample whose window starts in the same stride cell shares one row: each
-sees its most recent ``max_history - S + 1`` to ``max_history`` items (serving still sees ``max_history``), the
-way SASRec trains every position of a sequence cut to its cap. Histories shorter than the cap are unchanged.
+of exactly ``max_history`` items back, so every sample whose window starts in the same stride cell shares one
+row: each sees its most recent ``max_history - S + 1`` to ``max_history`` items (serving still sees
+``max_history``), the way SASRec trains every position of a sequence cut to its cap. Histories shorter than the cap are unchanged.
 Measured on heavy users' page logs: 1.8x fewer positions, but test NDCG@10 0.009-0.020 lower than unpacked on every
 seed (benchmarks/results/sft_packing_cpu.md), hence off by default.
 

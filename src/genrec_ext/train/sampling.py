@@ -98,13 +98,13 @@ class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
 class PackedBatchPlan:
     """Steps of packed rows: each step a random set of rows holding about ``global_batch_size`` examples (the
     meaning a recipe tuned without packing expects), cut into ``grad_accum`` micro-batches per rank sorted by
-    length, up to ``length_splits`` times more where that pads less (a micro-batch is then padded to rows of
-    its own length, not to the step's rarest long row; where cutting saves under 10% of the padded positions
-    it is not done, since every micro-batch costs a fixed overhead). Why random steps, not length-sorted ones:
-    batches of rows of one length (users of one activity level) slowed SFT on Scientific to about half the progress per epoch (training loss
-    2.64 against 2.57 after 3 epochs; 7% lower validation HR@10 after 20), while a random step drawn in this way
-    trains like the unpacked loop (benchmarks/results/sft_packing_cpu.md). Mirrors :class:`BatchPlan`'s
-    fields where they have a meaning."""
+    length, up to ``length_splits`` times more where that pads less (a micro-batch is then padded to rows of its own
+    length, not to the step's rarest long row; where cutting saves under 10% of the padded positions it is not done,
+    since every micro-batch costs a fixed overhead). Why random steps, not length-sorted ones: batches of rows of
+    one length (users of one activity level) slowed SFT on Scientific to about half the progress per epoch (training
+    loss 2.64 against 2.57 after 3 epochs; 7% lower validation HR@10 after 20), while a random step drawn in this
+    way trains like the unpacked loop (benchmarks/results/sft_packing_cpu.md). Mirrors :class:`BatchPlan`'s fields
+    where they have a meaning."""
 
     plan: PackPlan
     length_splits: int
