@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv
 
 NAME = "genrec_packed"
 
@@ -42,21 +43,13 @@ class PackedAttention:
     mask: Tensor  # bool [K, 1, W, prompt + W]
 
 
-def _repeat_kv(x: Tensor, groups: int) -> Tensor:
-    """Grouped-query keys/values ``[B, Hkv, S, D]`` as one per query head ``[B, Hkv * groups, S, D]``."""
-    if groups == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-
-
 def packed_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, attention_mask: PackedAttention,
                              dropout: float = 0.0, scaling: float | None = None, **kwargs) -> tuple[Tensor, None]:
     """The attention function transformers calls per layer (``query`` ``[1, H, S, D]``, ``key``/``value``
     ``[1, Hkv, S, D]``); returns ``[1, S, H, D]`` as its SDPA function does."""
     plan = attention_mask
     groups = getattr(module, "num_key_value_groups", 1)
-    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # grouped-query heads, one per query head
     k, w = plan.mask.shape[0], plan.mask.shape[2]
     split = plan.rows * plan.prompt
 
