@@ -60,11 +60,13 @@ def packed_attention_forward(module, query: Tensor, key: Tensor, value: Tensor, 
         return x[0, :, split:].unflatten(1, (k, w)).transpose(0, 1)
 
     prompt_keys, prompt_values = prompts(key), prompts(value)
+    # index_select, not prompt_keys[block_row]: the latter's backward summed repeated rows in a thread-dependent
+    # order on CPU, and a resumed RL run drifted from an uninterrupted one by 1e-8
     prompt_out = F.scaled_dot_product_attention(prompts(query), prompt_keys, prompt_values, is_causal=True,
                                                 dropout_p=dropout, scale=scaling)
     block_out = F.scaled_dot_product_attention(
-        blocks(query), torch.cat([prompt_keys[plan.block_row], blocks(key)], 2),
-        torch.cat([prompt_values[plan.block_row], blocks(value)], 2), attn_mask=plan.mask, dropout_p=dropout,
+        blocks(query), torch.cat([prompt_keys.index_select(0, plan.block_row), blocks(key)], 2),
+        torch.cat([prompt_values.index_select(0, plan.block_row), blocks(value)], 2), attn_mask=plan.mask, dropout_p=dropout,
         scale=scaling)
     out = torch.cat([prompt_out.transpose(0, 1).flatten(1, 2), block_out.transpose(0, 1).flatten(1, 2)], 1)
     return out[None].transpose(1, 2).contiguous(), None  # [1, S, H, D]

@@ -236,16 +236,18 @@ def teacher_forced_hidden(model, history: Tensor, history_len: Tensor, targets: 
     """Final hidden states ``[M, L, H]`` at the L positions that predict each target SID's tokens (``targets``
     ``[M, L]`` token ids, one point-wise target per row) after the prompt of history row ``query[m]``
     (``history`` ``[Q, N, L]``; default: row m). Laid out packed: each prompt is encoded once, however many of a
-    query's rollouts and positives read it (G + |D+| rows per query), with the loss of one row per target."""
+    query's rollouts and positives read it (G + |D+| rows per query), with the hidden states of one row per target."""
     m, levels = targets.shape
     device = targets.device
     query = torch.arange(m, device=device) if query is None else query
-    blocks = torch.cat([torch.full((m, 1), SEP, dtype=targets.dtype, device=device), targets], 1)
-    batch = PackedSFTBatch(history, history_len, blocks, torch.full((m,), levels + 1, device=device), query,
-                           history_len[query])
+    # blocks grouped by query, as collate_packed lists them
+    order = torch.sort(query, stable=True).indices
+    blocks = torch.cat([torch.full((m, 1), SEP, dtype=targets.dtype, device=device), targets[order]], 1)
+    batch = PackedSFTBatch(history, history_len, blocks, torch.full((m,), levels + 1, device=device), query[order],
+                           history_len[query[order]])
     lay = model.layout(batch)
     hidden = model.hidden_states(lay.inputs_embeds, lay.attention_mask, lay.position_ids)
-    return hidden[lay.label_mask].view(m, levels, -1)
+    return hidden[lay.label_mask].view(m, levels, -1)[torch.argsort(order)]
 
 
 def level_heads(model) -> list[tuple[Tensor, Tensor | None]]:
