@@ -92,14 +92,14 @@ def packing_tasks(args) -> dict:
 
 
 def packing_main(args) -> None:
-    import shutil
     import tempfile
     import time
 
     from genrec_ext.train import SFTConfig, make_sft_dataset, train_sft
 
     rows = []
-    runs = Path(tempfile.mkdtemp(prefix="bench_sft_"))  # checkpoints and models: not results
+    scratch = tempfile.TemporaryDirectory(prefix="bench_sft_")  # checkpoints and models: not results
+    runs = Path(scratch.name)
     for name, (task, objective) in packing_tasks(args).items():
         ds = make_sft_dataset(task.splits.train, task.catalog, task.table, objective, max_history=task.max_history)
         for preset in args.presets:
@@ -123,7 +123,6 @@ def packing_main(args) -> None:
                 if packing:
                     result[f"{key}_setup_s"] = setup
                     result[f"{key}_position_ratio"] = saved["positions_unpacked"] / saved["positions_packed"]
-            shutil.rmtree(runs, ignore_errors=True)
             result["stride"] = stride
             result["packed_speedup"] = result["packed_ex_s"] / result["unpacked_ex_s"]
             result["stride_speedup"] = result["stride_ex_s"] / result["unpacked_ex_s"]
@@ -134,6 +133,7 @@ def packing_main(args) -> None:
             "tokens/s; *_positions_s: real (unpadded) input positions/s; *_position_ratio: positions laid out one example "
             "per row / packed (the shared histories); packed = exact windows, stride = history_stride `stride`; "
             "*_speedup = examples/s over unpacked; *_setup_s: planning the packed rows (once per run).")
+    scratch.cleanup()
     write_table(rows, ["data", "preset", "examples", "unpacked_ex_s", "packed_ex_s", "packed_speedup", "stride",
                        "stride_ex_s", "stride_speedup", "unpacked_tok_s", "packed_tok_s", "stride_tok_s",
                        "packed_position_ratio", "stride_position_ratio", "packed_setup_s", "stride_setup_s"],

@@ -49,15 +49,20 @@ class SFTDataset(torch.utils.data.Dataset):
         return len(self.example_sample)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        s = int(self.example_sample[i])
-        history = self.samples.history[s]
+        return self.history_tokens(i), self.target_tokens(i)
+
+    def history_tokens(self, i: int) -> np.ndarray:
+        """Example ``i``'s capped history as SID tokens ``[n, L]``."""
+        history = self.samples.history[int(self.example_sample[i])]
         if self.max_history is not None:
             history = history[len(history) - self.max_history:] if len(history) > self.max_history else history
+        return self.tokens[history]
+
+    def target_tokens(self, i: int) -> np.ndarray:
+        """Example ``i``'s target tokens (page-wise: the page's SIDs then ``<eos>``)."""
         if self.objective == "page":
-            target = np.concatenate([self.tokens[self.samples.target[s]].reshape(-1), [EOS]])
-        else:
-            target = self.tokens[self.example_item[i]]
-        return self.tokens[history], target
+            return np.concatenate([self.tokens[self.samples.target[int(self.example_sample[i])]].reshape(-1), [EOS]])
+        return self.tokens[self.example_item[i]]
 
 
 def collate(examples: list[tuple[np.ndarray, np.ndarray]]) -> SFTBatch:

@@ -158,10 +158,10 @@ class PackedSFTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, p: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
         plan = self.plan
-        history, _ = self.dataset[int(plan.base[p])]
+        history = self.dataset.history_tokens(int(plan.base[p]))
         history = history[len(history) - plan.history_len(p):]  # with a history stride: the window's recent part
         lo, hi = int(plan.offsets[p]), int(plan.offsets[p + 1])
-        blocks = [(int(plan.prefix[m]), self.dataset[int(plan.members[m])][1]) for m in range(lo, hi)]
+        blocks = [(int(plan.prefix[m]), self.dataset.target_tokens(int(plan.members[m]))) for m in range(lo, hi)]
         return history, blocks
 
 
